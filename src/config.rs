@@ -1,0 +1,701 @@
+//! `config.toml`: the raw serde schema (unknown keys are errors) and its conversion into the
+//! checked [`Config`] the server runs on. Every problem is reported at once, as
+//! `file:line:col: key: message`. Secrets are never in this file: it names the environment
+//! variables or files that hold them.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use jsonwebtoken::Algorithm;
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::auth::jwks::JwksTiming;
+use crate::auth::{MissingAzp, VerifierSettings};
+use crate::diag::{from_toml_error, Diagnostic, Diagnostics};
+
+// === raw schema ===
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    server: RawServer,
+    clerk: Spanned<RawClerk>,
+    #[serde(default)]
+    identity_headers: RawHeaders,
+    upstreams: Spanned<BTreeMap<String, Spanned<RawUpstream>>>,
+    #[serde(default)]
+    policies: RawPolicies,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawServer {
+    #[serde(default = "default_listen")]
+    listen: Spanned<Vec<String>>,
+    #[serde(default = "default_threads")]
+    threads: usize,
+    #[serde(default = "default_grace")]
+    grace_period_seconds: u64,
+    #[serde(default = "default_grace")]
+    graceful_shutdown_timeout_seconds: u64,
+}
+
+impl Default for RawServer {
+    fn default() -> Self {
+        RawServer {
+            listen: default_listen(),
+            threads: default_threads(),
+            grace_period_seconds: default_grace(),
+            graceful_shutdown_timeout_seconds: default_grace(),
+        }
+    }
+}
+
+fn default_listen() -> Spanned<Vec<String>> {
+    Spanned::new(0..0, vec!["127.0.0.1:8080".to_string()])
+}
+fn default_threads() -> usize {
+    1
+}
+fn default_grace() -> u64 {
+    5
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawClerk {
+    issuer: Spanned<String>,
+    #[serde(default)]
+    authorized_parties: Vec<String>,
+    #[serde(default = "default_missing_azp")]
+    missing_azp: MissingAzp,
+    #[serde(default = "default_leeway")]
+    leeway_seconds: u64,
+    #[serde(default = "default_algorithms")]
+    algorithms: Spanned<Vec<String>>,
+    #[serde(default = "default_max_token")]
+    max_token_bytes: usize,
+    #[serde(default = "default_token_cache")]
+    token_cache_capacity: u64,
+    #[serde(default)]
+    cookie_suffix: Option<Spanned<String>>,
+    jwks: Spanned<RawJwks>,
+}
+
+fn default_missing_azp() -> MissingAzp {
+    MissingAzp::Reject
+}
+fn default_leeway() -> u64 {
+    5
+}
+fn default_algorithms() -> Spanned<Vec<String>> {
+    Spanned::new(0..0, vec!["RS256".to_string()])
+}
+fn default_max_token() -> usize {
+    8192
+}
+fn default_token_cache() -> u64 {
+    100_000
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawJwks {
+    /// Clerk Frontend API base URL; keys at `<url>/.well-known/jwks.json`.
+    #[serde(default)]
+    frontend_api: Option<Spanned<String>>,
+    /// Clerk Backend API base URL (normally `https://api.clerk.com`); keys at `/v1/jwks`.
+    #[serde(default)]
+    backend_api: Option<Spanned<String>>,
+    /// Env var holding the Clerk secret key, for `backend_api`.
+    #[serde(default)]
+    secret_key_env: Option<Spanned<String>>,
+    /// A full JWKS URL.
+    #[serde(default)]
+    url: Option<Spanned<String>>,
+    /// A PEM public key file (networkless verification).
+    #[serde(default)]
+    pem_file: Option<Spanned<String>>,
+    /// Env var holding the PEM public key (Clerk's `CLERK_JWT_KEY`).
+    #[serde(default)]
+    pem_env: Option<Spanned<String>>,
+    #[serde(default = "default_ttl")]
+    ttl_seconds: u64,
+    #[serde(default = "default_cooldown")]
+    unknown_kid_cooldown_seconds: u64,
+    #[serde(default = "default_fetch_timeout")]
+    fetch_timeout_ms: u64,
+    #[serde(default = "default_backoff")]
+    failure_backoff_seconds: u64,
+    #[serde(default = "default_max_stale")]
+    max_stale_seconds: u64,
+}
+
+fn default_ttl() -> u64 {
+    300
+}
+fn default_cooldown() -> u64 {
+    10
+}
+fn default_fetch_timeout() -> u64 {
+    5000
+}
+fn default_backoff() -> u64 {
+    5
+}
+fn default_max_stale() -> u64 {
+    86_400
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawHeaders {
+    user_id: Option<Spanned<String>>,
+    session_id: Option<Spanned<String>>,
+    org_id: Option<Spanned<String>>,
+    org_slug: Option<Spanned<String>>,
+    org_role: Option<Spanned<String>>,
+    org_permissions: Option<Spanned<String>>,
+    plans: Option<Spanned<String>>,
+    features: Option<Spanned<String>>,
+    actor: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUpstream {
+    peers: Spanned<Vec<String>>,
+    #[serde(default)]
+    tls: bool,
+    #[serde(default)]
+    sni: Option<String>,
+    #[serde(default = "default_connect_timeout")]
+    connect_timeout_ms: u64,
+    #[serde(default = "default_read_timeout")]
+    read_timeout_ms: u64,
+    #[serde(default = "default_credentials")]
+    credentials: Credentials,
+    #[serde(default)]
+    health_check: Option<Spanned<RawHealthCheck>>,
+}
+
+fn default_connect_timeout() -> u64 {
+    2000
+}
+fn default_read_timeout() -> u64 {
+    30_000
+}
+fn default_credentials() -> Credentials {
+    Credentials::Strip
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHealthCheck {
+    kind: HealthCheckKind,
+    #[serde(default)]
+    path: Option<String>,
+    #[serde(default = "default_hc_interval")]
+    interval_seconds: u64,
+}
+
+fn default_hc_interval() -> u64 {
+    5
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawPolicies {
+    #[serde(default)]
+    dir: Option<String>,
+}
+
+// === checked runtime types ===
+
+/// Whether the caller's Clerk credentials (`Authorization`, `__session`/`__client_uat`/`__clerk*`
+/// cookies) go on to an upstream. Next.js needs them for its own middleware; Flask does not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Credentials {
+    Forward,
+    Strip,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HealthCheckKind {
+    Tcp,
+    Http,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthCheck {
+    pub kind: HealthCheckKind,
+    pub path: String,
+    pub interval: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct UpstreamConfig {
+    pub name: String,
+    pub peers: Vec<SocketAddr>,
+    pub tls: bool,
+    pub sni: String,
+    pub connect_timeout: Duration,
+    pub read_timeout: Duration,
+    pub credentials: Credentials,
+    pub health_check: Option<HealthCheck>,
+}
+
+/// Where signing keys come from, with secrets still named (resolved at start-up).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JwksSourceConfig {
+    Url {
+        url: http::Uri,
+        secret_key_env: Option<String>,
+    },
+    PemFile(PathBuf),
+    PemEnv(String),
+}
+
+/// Names of the identity headers set on allowed requests (lower-case).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdentityHeaders {
+    pub user_id: String,
+    pub session_id: String,
+    pub org_id: String,
+    pub org_slug: String,
+    pub org_role: String,
+    pub org_permissions: String,
+    pub plans: String,
+    pub features: String,
+    pub actor: String,
+}
+
+impl Default for IdentityHeaders {
+    fn default() -> Self {
+        IdentityHeaders {
+            user_id: "x-portier-user-id".into(),
+            session_id: "x-portier-session-id".into(),
+            org_id: "x-portier-org-id".into(),
+            org_slug: "x-portier-org-slug".into(),
+            org_role: "x-portier-org-role".into(),
+            org_permissions: "x-portier-org-permissions".into(),
+            plans: "x-portier-plans".into(),
+            features: "x-portier-features".into(),
+            actor: "x-portier-actor".into(),
+        }
+    }
+}
+
+impl IdentityHeaders {
+    pub fn all(&self) -> [&str; 9] {
+        [
+            &self.user_id,
+            &self.session_id,
+            &self.org_id,
+            &self.org_slug,
+            &self.org_role,
+            &self.org_permissions,
+            &self.plans,
+            &self.features,
+            &self.actor,
+        ]
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerSettings {
+    pub listen: Vec<SocketAddr>,
+    pub threads: usize,
+    pub grace_period: Duration,
+    pub graceful_shutdown_timeout: Duration,
+}
+
+/// The checked configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub file: PathBuf,
+    pub server: ServerSettings,
+    pub verifier: VerifierSettings,
+    pub jwks_source: JwksSourceConfig,
+    pub jwks_timing: JwksTiming,
+    pub headers: IdentityHeaders,
+    pub upstreams: BTreeMap<String, UpstreamConfig>,
+    pub policies_dir: PathBuf,
+}
+
+impl Config {
+    pub fn load(file: &Path) -> Result<Config, Diagnostics> {
+        let src = std::fs::read_to_string(file).map_err(|e| {
+            Diagnostics(vec![Diagnostic::file(file, "file", format!("cannot read: {e}"))])
+        })?;
+        Self::parse(file, &src)
+    }
+
+    /// Parses config text; `file` names it in diagnostics and anchors relative paths.
+    pub fn parse(file: &Path, src: &str) -> Result<Config, Diagnostics> {
+        let raw: RawConfig = toml::from_str(src)
+            .map_err(|e| Diagnostics(vec![from_toml_error(file, src, &e)]))?;
+        Checker {
+            file,
+            src,
+            diags: Diagnostics::default(),
+        }
+        .check(raw)
+    }
+
+    pub fn upstream_names(&self) -> Vec<&str> {
+        self.upstreams.keys().map(String::as_str).collect()
+    }
+}
+
+struct Checker<'a> {
+    file: &'a Path,
+    src: &'a str,
+    diags: Diagnostics,
+}
+
+fn is_loopback_host(uri: &http::Uri) -> bool {
+    match uri.host() {
+        Some("localhost") => true,
+        Some(h) => h
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback()),
+        None => false,
+    }
+}
+
+impl Checker<'_> {
+    fn err(&mut self, at: usize, key: &str, msg: impl Into<String>) {
+        self.diags
+            .push(Diagnostic::at(self.file, self.src, at, key, msg.into()));
+    }
+
+    fn header_name(&mut self, v: Option<Spanned<String>>, key: &str, default: String) -> String {
+        let Some(v) = v else { return default };
+        let at = v.span().start;
+        let name = v.into_inner().to_ascii_lowercase();
+        if http::header::HeaderName::from_bytes(name.as_bytes()).is_err() || name.is_empty() {
+            self.err(at, key, format!("{name:?} is not a valid header name"));
+        }
+        name
+    }
+
+    /// A JWKS URL: https, or http to a loopback address only (tests, local issuers).
+    fn jwks_url(&mut self, s: &Spanned<String>, key: &str) -> Option<http::Uri> {
+        let at = s.span().start;
+        match s.get_ref().parse::<http::Uri>() {
+            Ok(u) if u.scheme_str() == Some("https") && u.host().is_some() => Some(u),
+            Ok(u) if u.scheme_str() == Some("http") && is_loopback_host(&u) => Some(u),
+            Ok(_) => {
+                self.err(at, key, "must be an https:// URL (http:// only to a loopback address)");
+                None
+            }
+            Err(e) => {
+                self.err(at, key, format!("not a URL: {e}"));
+                None
+            }
+        }
+    }
+
+    fn check(mut self, raw: RawConfig) -> Result<Config, Diagnostics> {
+        let base = self.file.parent().unwrap_or(Path::new(".")).to_path_buf();
+
+        // server
+        let listen_at = raw.server.listen.span().start;
+        let mut listen = Vec::new();
+        for l in raw.server.listen.get_ref() {
+            match l.parse::<SocketAddr>() {
+                Ok(a) => listen.push(a),
+                Err(_) => self.err(listen_at, "server.listen", format!("{l:?} is not an address:port")),
+            }
+        }
+        if listen.is_empty() {
+            self.err(listen_at, "server.listen", "at least one listen address is required");
+        }
+        if raw.server.threads == 0 {
+            self.err(listen_at, "server.threads", "must be at least 1");
+        }
+        let server = ServerSettings {
+            listen,
+            threads: raw.server.threads.max(1),
+            grace_period: Duration::from_secs(raw.server.grace_period_seconds),
+            graceful_shutdown_timeout: Duration::from_secs(raw.server.graceful_shutdown_timeout_seconds),
+        };
+
+        // clerk
+        let clerk_at = raw.clerk.span().start;
+        let clerk = raw.clerk.into_inner();
+        let iss_at = clerk.issuer.span().start;
+        let issuer = clerk.issuer.into_inner();
+        match issuer.parse::<http::Uri>() {
+            Ok(u) if u.scheme_str() == Some("https") && u.host().is_some() && !issuer.ends_with('/') => {}
+            _ => self.err(
+                iss_at,
+                "clerk.issuer",
+                "must be the exact https:// Frontend API URL, without a trailing '/' (development issuers are never trusted here)",
+            ),
+        }
+        for p in &clerk.authorized_parties {
+            if p.ends_with('/') || !(p.starts_with("https://") || p.starts_with("http://")) {
+                self.err(clerk_at, "clerk.authorized_parties", format!("{p:?} must be an origin like https://app.example.com"));
+            }
+        }
+        let alg_at = clerk.algorithms.span().start;
+        let mut algorithms = Vec::new();
+        for a in clerk.algorithms.get_ref() {
+            match a.as_str() {
+                "RS256" => algorithms.push(Algorithm::RS256),
+                "RS384" => algorithms.push(Algorithm::RS384),
+                "RS512" => algorithms.push(Algorithm::RS512),
+                other => self.err(alg_at, "clerk.algorithms", format!("{other:?} is not accepted: Clerk signs with RS256; only RSA algorithms can be listed")),
+            }
+        }
+        if clerk.algorithms.get_ref().is_empty() {
+            self.err(alg_at, "clerk.algorithms", "list at least RS256");
+        }
+        if clerk.leeway_seconds > 60 {
+            self.err(clerk_at, "clerk.leeway_seconds", "at most 60 (Clerk tokens live 60 s)");
+        }
+        if !(512..=65_536).contains(&clerk.max_token_bytes) {
+            self.err(clerk_at, "clerk.max_token_bytes", "must be between 512 and 65536");
+        }
+        let cookie_suffix = clerk.cookie_suffix.map(|s| {
+            let at = s.span().start;
+            let s = s.into_inner();
+            if s.len() != 8 || !s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+                self.err(at, "clerk.cookie_suffix", "must be the 8-character suffix of __session_<suffix>");
+            }
+            s
+        });
+
+        // jwks
+        let jwks_at = clerk.jwks.span().start;
+        let j = clerk.jwks.into_inner();
+        let mut sources = Vec::new();
+        if let Some(u) = &j.frontend_api {
+            if let Some(base) = self.jwks_url(u, "clerk.jwks.frontend_api") {
+                let s = format!("{}/.well-known/jwks.json", base.to_string().trim_end_matches('/'));
+                if let Ok(url) = s.parse() {
+                    sources.push(JwksSourceConfig::Url { url, secret_key_env: None });
+                }
+            }
+        }
+        if let Some(u) = &j.backend_api {
+            if let Some(base) = self.jwks_url(u, "clerk.jwks.backend_api") {
+                let s = format!("{}/v1/jwks", base.to_string().trim_end_matches('/'));
+                match &j.secret_key_env {
+                    Some(env) => {
+                        if let Ok(url) = s.parse() {
+                            sources.push(JwksSourceConfig::Url { url, secret_key_env: Some(env.get_ref().clone()) });
+                        }
+                    }
+                    None => self.err(u.span().start, "clerk.jwks.secret_key_env", "backend_api needs secret_key_env (the env var holding the Clerk secret key)"),
+                }
+            }
+        } else if let Some(env) = &j.secret_key_env {
+            self.err(env.span().start, "clerk.jwks.secret_key_env", "only used with backend_api");
+        }
+        if let Some(u) = &j.url {
+            if let Some(url) = self.jwks_url(u, "clerk.jwks.url") {
+                sources.push(JwksSourceConfig::Url { url, secret_key_env: None });
+            }
+        }
+        if let Some(p) = &j.pem_file {
+            let path = base.join(p.get_ref());
+            sources.push(JwksSourceConfig::PemFile(path));
+        }
+        if let Some(e) = &j.pem_env {
+            sources.push(JwksSourceConfig::PemEnv(e.get_ref().clone()));
+        }
+        let given = [&j.frontend_api, &j.backend_api, &j.url, &j.pem_file, &j.pem_env]
+            .iter()
+            .filter(|o| o.is_some())
+            .count();
+        if given != 1 {
+            self.err(jwks_at, "clerk.jwks", "set exactly one of frontend_api, backend_api, url, pem_file, pem_env");
+        }
+        if j.ttl_seconds == 0 || j.unknown_kid_cooldown_seconds == 0 {
+            self.err(jwks_at, "clerk.jwks", "ttl_seconds and unknown_kid_cooldown_seconds must be positive");
+        }
+        let jwks_timing = JwksTiming {
+            ttl: Duration::from_secs(j.ttl_seconds.max(1)),
+            unknown_kid_cooldown: Duration::from_secs(j.unknown_kid_cooldown_seconds.max(1)),
+            fetch_timeout: Duration::from_millis(j.fetch_timeout_ms.max(1)),
+            failure_backoff: Duration::from_secs(j.failure_backoff_seconds),
+            max_stale: Duration::from_secs(j.max_stale_seconds),
+        };
+
+        // identity headers
+        let d = IdentityHeaders::default();
+        let h = raw.identity_headers;
+        let headers = IdentityHeaders {
+            user_id: self.header_name(h.user_id, "identity_headers.user_id", d.user_id),
+            session_id: self.header_name(h.session_id, "identity_headers.session_id", d.session_id),
+            org_id: self.header_name(h.org_id, "identity_headers.org_id", d.org_id),
+            org_slug: self.header_name(h.org_slug, "identity_headers.org_slug", d.org_slug),
+            org_role: self.header_name(h.org_role, "identity_headers.org_role", d.org_role),
+            org_permissions: self.header_name(h.org_permissions, "identity_headers.org_permissions", d.org_permissions),
+            plans: self.header_name(h.plans, "identity_headers.plans", d.plans),
+            features: self.header_name(h.features, "identity_headers.features", d.features),
+            actor: self.header_name(h.actor, "identity_headers.actor", d.actor),
+        };
+        let mut seen = std::collections::HashSet::new();
+        for n in headers.all() {
+            if !seen.insert(crate::headers::fold(n)) {
+                self.err(0, "identity_headers", format!("{n:?} is used twice (after folding case, '_' and '.')"));
+            }
+        }
+
+        // upstreams
+        let ups_at = raw.upstreams.span().start;
+        let mut upstreams = BTreeMap::new();
+        if raw.upstreams.get_ref().is_empty() {
+            self.err(ups_at, "upstreams", "declare at least one upstream");
+        }
+        for (name, u) in raw.upstreams.into_inner() {
+            let at = u.span().start;
+            let u = u.into_inner();
+            let key = format!("upstreams.{name}");
+            let mut peers = Vec::new();
+            for p in u.peers.get_ref() {
+                match p.parse::<SocketAddr>() {
+                    Ok(a) => peers.push(a),
+                    Err(_) => self.err(u.peers.span().start, &format!("{key}.peers"), format!("{p:?} is not an ip:port")),
+                }
+            }
+            if u.peers.get_ref().is_empty() {
+                self.err(at, &format!("{key}.peers"), "list at least one peer");
+            }
+            let health_check = u.health_check.map(|hc| {
+                let hat = hc.span().start;
+                let hc = hc.into_inner();
+                let path = hc.path.unwrap_or_else(|| "/".into());
+                if hc.kind == HealthCheckKind::Http && !path.starts_with('/') {
+                    self.err(hat, &format!("{key}.health_check.path"), "must start with '/'");
+                }
+                if hc.interval_seconds == 0 {
+                    self.err(hat, &format!("{key}.health_check.interval_seconds"), "must be positive");
+                }
+                HealthCheck { kind: hc.kind, path, interval: Duration::from_secs(hc.interval_seconds.max(1)) }
+            });
+            if u.tls && u.sni.as_deref().unwrap_or("").is_empty() {
+                self.err(at, &format!("{key}.sni"), "a TLS upstream needs sni (the name its certificate is for)");
+            }
+            upstreams.insert(
+                name.clone(),
+                UpstreamConfig {
+                    name,
+                    peers,
+                    tls: u.tls,
+                    sni: u.sni.unwrap_or_default(),
+                    connect_timeout: Duration::from_millis(u.connect_timeout_ms),
+                    read_timeout: Duration::from_millis(u.read_timeout_ms),
+                    credentials: u.credentials,
+                    health_check,
+                },
+            );
+        }
+
+        let policies_dir = base.join(raw.policies.dir.unwrap_or_else(|| "policies".into()));
+
+        if self.diags.has_errors() {
+            return Err(self.diags.sorted());
+        }
+        let jwks_source = sources.into_iter().next().ok_or_else(|| {
+            Diagnostics(vec![Diagnostic::at(self.file, self.src, jwks_at, "clerk.jwks", "no key source")])
+        })?;
+        Ok(Config {
+            file: self.file.to_path_buf(),
+            server,
+            verifier: VerifierSettings {
+                issuer,
+                authorized_parties: clerk.authorized_parties,
+                missing_azp: clerk.missing_azp,
+                leeway: Duration::from_secs(clerk.leeway_seconds),
+                algorithms,
+                max_token_bytes: clerk.max_token_bytes,
+                token_cache_capacity: clerk.token_cache_capacity,
+                cookie_suffix,
+            },
+            jwks_source,
+            jwks_timing,
+            headers,
+            upstreams,
+            policies_dir,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[server]
+listen = ["127.0.0.1:8080"]
+
+[clerk]
+issuer = "https://clerk.example.com"
+authorized_parties = ["https://app.example.com"]
+
+[clerk.jwks]
+frontend_api = "https://clerk.example.com"
+
+[upstreams.flask]
+peers = ["127.0.0.1:9006"]
+"#;
+
+    #[test]
+    fn good_config_loads_with_defaults() {
+        let c = Config::parse(Path::new("/etc/portier/config.toml"), GOOD).unwrap();
+        assert_eq!(c.verifier.leeway, Duration::from_secs(5));
+        assert_eq!(c.verifier.missing_azp, MissingAzp::Reject);
+        assert_eq!(c.verifier.algorithms, vec![Algorithm::RS256]);
+        assert_eq!(c.policies_dir, Path::new("/etc/portier/policies"));
+        assert_eq!(
+            c.jwks_source,
+            JwksSourceConfig::Url {
+                url: "https://clerk.example.com/.well-known/jwks.json".parse().unwrap(),
+                secret_key_env: None
+            }
+        );
+        assert_eq!(c.upstreams["flask"].credentials, Credentials::Strip);
+    }
+
+    #[test]
+    fn every_error_is_reported_with_line_and_key() {
+        let bad = r#"
+[clerk]
+issuer = "http://127.0.0.1:9999"
+algorithms = ["HS256"]
+
+[clerk.jwks]
+url = "http://example.com/jwks"
+
+[upstreams.flask]
+peers = ["nope"]
+"#;
+        let errs = Config::parse(Path::new("c.toml"), bad).unwrap_err();
+        let text = errs.to_string();
+        assert!(text.contains("c.toml:3:10: clerk.issuer:"), "{text}");
+        assert!(text.contains("c.toml:4:14: clerk.algorithms:"), "{text}");
+        assert!(text.contains("c.toml:7:7: clerk.jwks.url:"), "{text}");
+        assert!(text.contains("c.toml:10:9: upstreams.flask.peers:"), "{text}");
+        assert_eq!(errs.0.len(), 4, "{text}");
+    }
+
+    #[test]
+    fn unknown_keys_are_errors() {
+        let bad = GOOD.replace("[upstreams.flask]", "[upstreams.flask]\ntimeout = 5");
+        let errs = Config::parse(Path::new("c.toml"), &bad).unwrap_err();
+        assert!(errs.to_string().contains("c.toml:15:1: timeout: unknown field `timeout`"), "{errs}");
+    }
+}

@@ -1,0 +1,161 @@
+//! Diagnostics for config and policy files: `file:line:col: key: message`, collected, never
+//! stopped at the first one, so a platform engineer fixes a whole edit in one pass.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Severity {
+    Error,
+    Warning,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Diagnostic {
+    pub severity: Severity,
+    pub file: PathBuf,
+    pub line: usize,
+    pub col: usize,
+    pub key: String,
+    pub message: String,
+}
+
+impl Diagnostic {
+    /// A diagnostic located at byte `offset` of `src` (the text of `file`).
+    pub fn at(
+        file: &Path,
+        src: &str,
+        offset: usize,
+        key: impl Into<String>,
+        message: impl Into<String>,
+    ) -> Self {
+        let (line, col) = line_col(src, offset);
+        Diagnostic {
+            severity: Severity::Error,
+            file: file.to_path_buf(),
+            line,
+            col,
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+
+    /// A diagnostic about a whole file (missing, unreadable).
+    pub fn file(file: &Path, key: impl Into<String>, message: impl Into<String>) -> Self {
+        Diagnostic {
+            severity: Severity::Error,
+            file: file.to_path_buf(),
+            line: 1,
+            col: 1,
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+
+    pub fn warning(mut self) -> Self {
+        self.severity = Severity::Warning;
+        self
+    }
+}
+
+impl fmt::Display for Diagnostic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let sev = match self.severity {
+            Severity::Error => "",
+            Severity::Warning => "warning: ",
+        };
+        write!(
+            f,
+            "{}:{}:{}: {}{}: {}",
+            self.file.display(),
+            self.line,
+            self.col,
+            sev,
+            self.key,
+            self.message
+        )
+    }
+}
+
+/// A list of diagnostics that is an error when it holds at least one error.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Diagnostics(pub Vec<Diagnostic>);
+
+impl Diagnostics {
+    pub fn push(&mut self, d: Diagnostic) {
+        self.0.push(d);
+    }
+    pub fn extend(&mut self, other: Diagnostics) {
+        self.0.extend(other.0);
+    }
+    pub fn has_errors(&self) -> bool {
+        self.0.iter().any(|d| d.severity == Severity::Error)
+    }
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+    pub fn sorted(mut self) -> Self {
+        self.0
+            .sort_by(|a, b| (&a.file, a.line, a.col).cmp(&(&b.file, b.line, b.col)));
+        self
+    }
+}
+
+impl fmt::Display for Diagnostics {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for d in &self.0 {
+            writeln!(f, "{d}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for Diagnostics {}
+
+/// 1-based line and column (in characters) of byte `offset` in `src`.
+pub fn line_col(src: &str, offset: usize) -> (usize, usize) {
+    let offset = offset.min(src.len());
+    let before = src.get(..offset).unwrap_or(src);
+    let line = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map(|i| i + 1).unwrap_or(0);
+    let col = before[line_start..].chars().count() + 1;
+    (line, col)
+}
+
+/// Turns a `toml` parse/deserialize error into a diagnostic. The key is the text the error
+/// points at when it is a bare key, so `deny_unknown_fields` errors name the offending key.
+pub fn from_toml_error(file: &Path, src: &str, err: &toml::de::Error) -> Diagnostic {
+    let span = err.span().unwrap_or(0..0);
+    let snippet = src.get(span.clone()).unwrap_or("").trim();
+    let key = if !snippet.is_empty()
+        && snippet.len() <= 64
+        && snippet
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | '"'))
+    {
+        snippet.trim_matches('"').to_string()
+    } else {
+        "toml".to_string()
+    };
+    Diagnostic::at(file, src, span.start, key, err.message().trim().to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn line_col_counts_from_one() {
+        let src = "a = 1\nbb = 2\n";
+        assert_eq!(line_col(src, 0), (1, 1));
+        assert_eq!(line_col(src, 6), (2, 1));
+        assert_eq!(line_col(src, 9), (2, 4));
+        assert_eq!(line_col(src, 999), (3, 1));
+    }
+
+    #[test]
+    fn display_is_file_line_col_key_message() {
+        let d = Diagnostic::at(Path::new("p.toml"), "x\ny", 2, "route.path", "bad");
+        assert_eq!(d.to_string(), "p.toml:2:1: route.path: bad");
+    }
+}

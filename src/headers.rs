@@ -1,0 +1,142 @@
+//! Identity headers the upstream can trust. Inbound headers that could be read as ours are
+//! removed first: WSGI/CGI backends (Flask) map `-`, `_` and `.` in header names to the same
+//! environ key (CVE-2026-88011), so every inbound name is compared after folding case and
+//! `_`/`.` to `-`. `x-middleware-subrequest` is always removed (Next.js CVE-2025-29927).
+
+use std::collections::HashSet;
+
+use crate::auth::Identity;
+use crate::config::IdentityHeaders;
+
+/// Lower-case, with `_` and `.` folded to `-`: the spelling-insensitive form of a header name.
+pub fn fold(name: &str) -> String {
+    name.bytes()
+        .map(|b| match b {
+            b'_' | b'.' => '-',
+            b => b.to_ascii_lowercase() as char,
+        })
+        .collect()
+}
+
+/// Always removed, whatever the configured names.
+const ALWAYS_STRIPPED: &[&str] = &["x-middleware-subrequest"];
+
+/// Cookies that carry Clerk credentials; removed for upstreams with `credentials = "strip"`.
+fn is_clerk_cookie(name: &str) -> bool {
+    name.starts_with("__session") || name.starts_with("__client_uat") || name.starts_with("__clerk")
+}
+
+/// Which inbound header names are forbidden, precomputed once per configuration.
+#[derive(Debug, Clone)]
+pub struct HeaderGuard {
+    protected: HashSet<String>,
+    longest: usize,
+    names: IdentityHeaders,
+}
+
+impl HeaderGuard {
+    pub fn new(names: &IdentityHeaders) -> HeaderGuard {
+        let protected: HashSet<String> = names
+            .all()
+            .iter()
+            .map(|n| fold(n))
+            .chain(ALWAYS_STRIPPED.iter().map(|n| fold(n)))
+            .collect();
+        let longest = protected.iter().map(String::len).max().unwrap_or(0);
+        HeaderGuard {
+            protected,
+            longest,
+            names: names.clone(),
+        }
+    }
+
+    pub fn names(&self) -> &IdentityHeaders {
+        &self.names
+    }
+
+    /// True when an inbound header of this name must not reach an upstream.
+    pub fn is_protected(&self, name: &str) -> bool {
+        // Longer names cannot fold onto a protected one; skip the allocation.
+        name.len() <= self.longest && self.protected.contains(&fold(name))
+    }
+
+    /// The identity headers for an allowed, signed-in request: (name, value) pairs. Values
+    /// that are not valid header text (control characters) are left out rather than mangled.
+    pub fn identity_headers<'a>(&'a self, id: &'a Identity) -> Vec<(&'a str, String)> {
+        let n = &self.names;
+        let mut out: Vec<(&str, String)> = vec![
+            (&n.user_id, id.user_id.clone()),
+            (&n.session_id, id.session_id.clone()),
+        ];
+        if let Some(org) = &id.org {
+            out.push((&n.org_id, org.id.clone()));
+            if let Some(s) = &org.slug {
+                out.push((&n.org_slug, s.clone()));
+            }
+            if let Some(r) = &org.role {
+                out.push((&n.org_role, r.clone()));
+            }
+            if !org.permissions.is_empty() {
+                out.push((&n.org_permissions, org.permissions.join(",")));
+            }
+        }
+        if !id.plans.is_empty() {
+            out.push((&n.plans, id.plans_header()));
+        }
+        if !id.features.is_empty() {
+            out.push((&n.features, id.features_header()));
+        }
+        if let Some(a) = &id.actor {
+            out.push((&n.actor, a.clone()));
+        }
+        out.retain(|(_, v)| http::HeaderValue::from_str(v).is_ok());
+        out
+    }
+}
+
+/// A `Cookie` header value without Clerk's credential cookies; `None` when nothing is left.
+pub fn strip_clerk_cookies(cookie: &str) -> Option<String> {
+    let kept: Vec<&str> = cookie
+        .split(';')
+        .map(str::trim)
+        .filter(|pair| {
+            let name = pair.split_once('=').map_or(*pair, |(n, _)| n).trim();
+            !pair.is_empty() && !is_clerk_cookie(name)
+        })
+        .collect();
+    (!kept.is_empty()).then(|| kept.join("; "))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_spelling_of_an_identity_header_is_protected() {
+        let g = HeaderGuard::new(&IdentityHeaders::default());
+        for n in [
+            "X-Portier-User-Id",
+            "x-portier-user-id",
+            "x_portier_user_id",
+            "X.Portier.User.Id",
+            "X-PORTIER_USER.ID",
+            "x-middleware-subrequest",
+            "X_Middleware_Subrequest",
+            "x-portier-plans",
+        ] {
+            assert!(g.is_protected(n), "{n}");
+        }
+        for n in ["x-portier-user-idx", "user-id", "authorization", "x-portier"] {
+            assert!(!g.is_protected(n), "{n}");
+        }
+    }
+
+    #[test]
+    fn clerk_cookies_are_stripped_and_others_kept() {
+        assert_eq!(
+            strip_clerk_cookies("a=1; __session=t; __client_uat=5; __session_ab12cd34=x; b=2; __clerk_db_jwt=y").as_deref(),
+            Some("a=1; b=2")
+        );
+        assert_eq!(strip_clerk_cookies("__session=t"), None);
+    }
+}

@@ -1,0 +1,14 @@
+//! Portier: an authorization sidecar on Pingora. It verifies Clerk session tokens, decides
+//! every request with route policies from `policies/*.toml`, and forwards only what the policy
+//! allowed, with identity headers the upstream can trust.
+#![forbid(unsafe_code)]
+
+pub mod auth;
+pub mod config;
+pub mod dev;
+pub mod diag;
+pub mod error;
+pub mod headers;
+pub mod path;
+pub mod policy;
+pub mod proxy;

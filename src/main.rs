@@ -1,0 +1,241 @@
+//! The `portier` command: run, check, dev, token. The only place `anyhow` is used.
+#![forbid(unsafe_code)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{anyhow, Context};
+use clap::{Parser, Subcommand};
+use serde_json::{json, Value};
+
+use portier::config::Config;
+use portier::dev::{self, DevIssuer};
+use portier::policy::PolicySet;
+use portier::proxy;
+
+#[derive(Parser)]
+#[command(name = "portier", version, about = "Authorization sidecar: Clerk session tokens, route policies, Pingora")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the proxy in the foreground.
+    Run {
+        #[arg(short, long, default_value = "config.toml")]
+        config: PathBuf,
+    },
+    /// Validate the config and every policy file; print every error; exit 1 on any.
+    Check {
+        #[arg(short, long, default_value = "config.toml")]
+        config: PathBuf,
+    },
+    /// Run Portier with a local issuer and an echo upstream, offline.
+    Dev {
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: SocketAddr,
+        /// Policies directory (default: the policies embedded in the binary).
+        #[arg(long)]
+        policies: Option<PathBuf>,
+    },
+    /// Mint a token from the running `portier dev` issuer.
+    Token {
+        #[arg(long)]
+        sub: String,
+        /// Plan (repeatable), user-scoped unless written o:name.
+        #[arg(long)]
+        plan: Vec<String>,
+        /// Feature (repeatable), user-scoped unless written o:name.
+        #[arg(long)]
+        feature: Vec<String>,
+        /// Active organization id.
+        #[arg(long)]
+        org: Option<String>,
+        #[arg(long, default_value = "member")]
+        org_role: String,
+        /// Lifetime, e.g. 60s, 10m, 1h.
+        #[arg(long, default_value = "60s")]
+        expires: String,
+    },
+}
+
+fn init_logging() {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
+        .format_timestamp_millis()
+        .init();
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.cmd {
+        Cmd::Run { config } => run(&config),
+        Cmd::Check { config } => return check(&config),
+        Cmd::Dev { listen, policies } => run_dev(listen, policies),
+        Cmd::Token { sub, plan, feature, org, org_role, expires } => {
+            token(&sub, &plan, &feature, org.as_deref(), &org_role, &expires)
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("portier: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn check(config: &Path) -> ExitCode {
+    let cfg = match Config::load(config) {
+        Ok(c) => c,
+        Err(d) => {
+            eprint!("{d}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match PolicySet::load_dir(&cfg.policies_dir, &cfg.upstream_names()) {
+        Ok(set) => {
+            println!(
+                "ok: {} and {} route(s) in {}",
+                config.display(),
+                set.routes.len(),
+                cfg.policies_dir.display()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(d) => {
+            eprint!("{d}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(config: &Path) -> anyhow::Result<()> {
+    init_logging();
+    let cfg = Config::load(config).map_err(|d| anyhow!("invalid config:\n{d}"))?;
+    let built = proxy::build_from_config(&cfg)?;
+    warm_keys(&built.gateway);
+    log::info!("portier listening on {:?}", built.listen);
+    built.server.run_forever()
+}
+
+/// Fetch keys before serving so the first request does not wait; not fatal if it fails.
+fn warm_keys(gw: &proxy::Gateway) {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build();
+    match rt {
+        Ok(rt) => {
+            if let Err(e) = rt.block_on(gw.verifier.jwks.warm()) {
+                log::warn!("signing keys not loaded yet ({e}); requests will retry");
+            }
+        }
+        Err(e) => log::warn!("cannot pre-load keys: {e}"),
+    }
+}
+
+fn run_dev(listen: SocketAddr, policies: Option<PathBuf>) -> anyhow::Result<()> {
+    init_logging();
+    let servers = dev::start_dev_servers().context("starting the dev issuer and echo upstream")?;
+    servers.issuer.save(&dev::state_file())?;
+    let mut cfg = Config::parse(Path::new("<dev>"), &dev::dev_config_toml(listen, &servers))
+        .map_err(|d| anyhow!("dev config:\n{d}"))?;
+    cfg.verifier.issuer = servers.issuer.issuer.clone();
+    let set = match &policies {
+        Some(dir) => PolicySet::load_dir(dir, &cfg.upstream_names()),
+        None => {
+            let sources: Vec<(PathBuf, String)> = dev::EMBEDDED_POLICIES
+                .iter()
+                .map(|(f, s)| (PathBuf::from(f), s.to_string()))
+                .collect();
+            PolicySet::compile(&sources, &cfg.upstream_names())
+        }
+    }
+    .map_err(|d| anyhow!("policies:\n{d}"))?;
+    let verifier = proxy::build_verifier(&cfg)?;
+    let built = proxy::build(&cfg, set, verifier)?;
+    let pro = servers.issuer.token(&with_entitlements(
+        servers.issuer.claims("user_123", "http://localhost:3000", 3600),
+        &["pro".into()],
+        &[],
+    ));
+    let free = servers
+        .issuer
+        .token(&servers.issuer.claims("user_456", "http://localhost:3000", 3600));
+    println!(
+        r#"
+Portier dev is up on http://{listen}
+  issuer (dev only) {iss}   JWKS http://{jwks}/.well-known/jwks.json
+  upstreams flask + nextjs -> echo server http://{echo} (answers with the headers it got)
+
+Try (tokens below are valid for 1 hour; mint more with `portier token --sub user_123 --plan pro`):
+
+  # signed in, allowed: the echo shows x-portier-user-id, and no Authorization (flask strips it)
+  curl -s http://{listen}/api/books/1 -H 'Authorization: Bearer {pro}'
+
+  # your own jobs are allowed, another user's are not (403 not_owner)
+  curl -s http://{listen}/api/jobs/user_123/42 -H 'Authorization: Bearer {pro}'
+  curl -s http://{listen}/api/jobs/user_999/42 -H 'Authorization: Bearer {pro}'
+
+  # image generation needs plan pro: user_456 has none (403 plan_required)
+  curl -s -X POST http://{listen}/api/images/generate -H 'Authorization: Bearer {free}'
+
+  # no token (401 token_missing), a spoofed identity header is dropped, a bad path (400 bad_path)
+  curl -s http://{listen}/api/books/1
+  curl -s http://{listen}/api/books/1 -H 'Authorization: Bearer {pro}' -H 'X_Portier_User_Id: user_999'
+  curl -s http://{listen}/api/books/%2e%2e/admin
+"#,
+        iss = servers.issuer.issuer,
+        jwks = servers.jwks_addr,
+        echo = servers.echo_addr,
+    );
+    warm_keys(&built.gateway);
+    built.server.run_forever()
+}
+
+fn with_entitlements(mut claims: Value, plans: &[String], features: &[String]) -> Value {
+    let scoped = |v: &[String]| {
+        v.iter()
+            .map(|p| if p.contains(':') { p.clone() } else { format!("u:{p}") })
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    if !plans.is_empty() {
+        claims["pla"] = json!(scoped(plans));
+    }
+    if !features.is_empty() {
+        claims["fea"] = json!(scoped(features));
+    }
+    claims
+}
+
+fn parse_duration(s: &str) -> anyhow::Result<Duration> {
+    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = num.parse().with_context(|| format!("bad duration {s:?}"))?;
+    let secs = match unit {
+        "" | "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        _ => return Err(anyhow!("bad duration unit in {s:?} (use s, m or h)")),
+    };
+    Ok(Duration::from_secs(secs))
+}
+
+fn token(
+    sub: &str,
+    plans: &[String],
+    features: &[String],
+    org: Option<&str>,
+    org_role: &str,
+    expires: &str,
+) -> anyhow::Result<()> {
+    let issuer = DevIssuer::load(&dev::state_file())?;
+    let ttl = parse_duration(expires)?.as_secs() as i64;
+    let mut claims = with_entitlements(issuer.claims(sub, "http://localhost:3000", ttl), plans, features);
+    if let Some(org) = org {
+        claims["o"] = json!({"id": org, "rol": org_role.trim_start_matches("org:")});
+    }
+    println!("{}", issuer.token(&claims));
+    Ok(())
+}

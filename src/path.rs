@@ -1,0 +1,218 @@
+//! The one canonical path. A request path is normalised exactly once, before routing; the same
+//! string is matched, logged and forwarded. Encodings that different servers read differently
+//! are refused (400 `bad_path`) rather than guessed at, because every known path-bypass CVE in
+//! proxies (Envoy `%2F`, `..;`, Traefik `%2e%2e`) comes from the proxy and the upstream
+//! disagreeing about what a path means.
+
+use thiserror::Error;
+
+/// Why a path was refused. All of these map to 400 `bad_path`; the variant is for the log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
+pub enum PathError {
+    #[error("path is empty or does not start with '/'")]
+    NotAbsolute,
+    #[error("path contains a NUL or control character")]
+    ControlChar,
+    #[error("path contains a backslash")]
+    Backslash,
+    #[error("path contains ';' (matrix parameters are ambiguous across servers)")]
+    Semicolon,
+    #[error("path contains '#' (a fragment is never sent by a client)")]
+    Fragment,
+    #[error("path contains a non-ASCII byte")]
+    NonAscii,
+    #[error("path has a malformed percent-escape")]
+    BadEscape,
+    #[error("path percent-encodes a character that changes its structure (%2e, %2f, %5c, %3b, %00)")]
+    EncodedDelimiter,
+    #[error("path is percent-encoded twice")]
+    DoubleEncoded,
+    #[error("path has a '.' or '..' segment")]
+    DotSegment,
+    #[error("path is too long")]
+    TooLong,
+}
+
+/// Longest path accepted; real routes are far shorter and the limit bounds router work.
+pub const MAX_PATH_LEN: usize = 8192;
+
+fn hex(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    }
+}
+
+fn is_unreserved(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'~')
+}
+
+/// Canonicalises the path part of a request target (no query string).
+///
+/// - percent-escapes of unreserved characters are decoded (`%41` -> `A`), every other escape
+///   is kept with upper-case hex, so two spellings of one path become one string;
+/// - `%2e`, `%2f`, `%5c`, `%3b`, `%00` and any control character, `;`, `\`, `#`, NUL, a `.` or
+///   `..` segment, and double encoding (`%25` followed by two hex digits) are refused;
+/// - runs of `/` collapse to one (the upstream frameworks do the same, so they agree);
+/// - a trailing `/` is kept, because upstreams may route `/a` and `/a/` differently.
+pub fn canonicalize(raw: &str) -> Result<String, PathError> {
+    let bytes = raw.as_bytes();
+    if bytes.first() != Some(&b'/') {
+        return Err(PathError::NotAbsolute);
+    }
+    if bytes.len() > MAX_PATH_LEN {
+        return Err(PathError::TooLong);
+    }
+    let mut out = String::with_capacity(bytes.len());
+    let mut i = 0;
+    // Start of the current segment in `out`, to spot `.` and `..` after decoding.
+    let mut seg_start = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        match b {
+            b'/' => {
+                check_segment(&out[seg_start..])?;
+                if !out.ends_with('/') {
+                    out.push('/');
+                }
+                seg_start = out.len();
+                i += 1;
+                continue;
+            }
+            b'%' => {
+                let (h, l) = match (bytes.get(i + 1), bytes.get(i + 2)) {
+                    (Some(&h), Some(&l)) => (h, l),
+                    _ => return Err(PathError::BadEscape),
+                };
+                let v = match (hex(h), hex(l)) {
+                    (Some(h), Some(l)) => h * 16 + l,
+                    _ => return Err(PathError::BadEscape),
+                };
+                match v {
+                    b'.' | b'/' | b'\\' | b';' | b'#' | b'?' | 0 => {
+                        return Err(PathError::EncodedDelimiter)
+                    }
+                    b'%' => {
+                        let next_is_escape = matches!(
+                            (bytes.get(i + 3).copied().and_then(hex), bytes.get(i + 4).copied().and_then(hex)),
+                            (Some(_), Some(_))
+                        );
+                        if next_is_escape {
+                            return Err(PathError::DoubleEncoded);
+                        }
+                        out.push_str("%25");
+                    }
+                    c if c < 0x20 || c == 0x7f => return Err(PathError::ControlChar),
+                    c if is_unreserved(c) => out.push(c as char),
+                    c => {
+                        const HEX: &[u8; 16] = b"0123456789ABCDEF";
+                        out.push('%');
+                        out.push(HEX[(c >> 4) as usize] as char);
+                        out.push(HEX[(c & 15) as usize] as char);
+                    }
+                }
+                i += 3;
+                continue;
+            }
+            0..=0x1f | 0x7f => return Err(PathError::ControlChar),
+            b'\\' => return Err(PathError::Backslash),
+            b';' => return Err(PathError::Semicolon),
+            b'#' => return Err(PathError::Fragment),
+            0x80..=0xff => return Err(PathError::NonAscii),
+            _ => out.push(b as char),
+        }
+        i += 1;
+    }
+    check_segment(&out[seg_start..])?;
+    Ok(out)
+}
+
+fn check_segment(seg: &str) -> Result<(), PathError> {
+    if seg == "." || seg == ".." {
+        Err(PathError::DotSegment)
+    } else {
+        Ok(())
+    }
+}
+
+/// The segments a router matches: the canonical path without its leading `/` and without a
+/// single trailing `/` (so `/a/` and `/a` match the same route; each is forwarded as written).
+pub fn segments(canonical: &str) -> impl Iterator<Item = &str> {
+    let trimmed = canonical.strip_prefix('/').unwrap_or(canonical);
+    let trimmed = trimmed.strip_suffix('/').unwrap_or(trimmed);
+    trimmed.split('/').filter(|s| !s.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_paths_pass_unchanged() {
+        for p in ["/", "/api/books", "/api/books/", "/a-b_c~d/E.png", "/x/y.z/w"] {
+            assert_eq!(canonicalize(p).as_deref(), Ok(p));
+        }
+    }
+
+    #[test]
+    fn unreserved_escapes_decode_and_others_uppercase() {
+        assert_eq!(canonicalize("/%61pi/%7euser").as_deref(), Ok("/api/~user"));
+        assert_eq!(canonicalize("/a%20b%c3%a9").as_deref(), Ok("/a%20b%C3%A9"));
+    }
+
+    #[test]
+    fn slashes_collapse() {
+        assert_eq!(canonicalize("//api///books//1").as_deref(), Ok("/api/books/1"));
+    }
+
+    #[test]
+    fn ambiguous_forms_are_refused() {
+        let cases: &[(&str, PathError)] = &[
+            ("", PathError::NotAbsolute),
+            ("api", PathError::NotAbsolute),
+            ("/api/../admin", PathError::DotSegment),
+            ("/api/./x", PathError::DotSegment),
+            ("/api/..", PathError::DotSegment),
+            ("/api/%2e%2e/admin", PathError::EncodedDelimiter),
+            ("/api/%2E./admin", PathError::EncodedDelimiter),
+            ("/api%2fadmin", PathError::EncodedDelimiter),
+            ("/api%5cadmin", PathError::EncodedDelimiter),
+            ("/api/..;/admin", PathError::Semicolon),
+            ("/api;jsessionid=1", PathError::Semicolon),
+            ("/api%3bx", PathError::EncodedDelimiter),
+            ("/api\\admin", PathError::Backslash),
+            ("/api#frag", PathError::Fragment),
+            ("/api\0", PathError::ControlChar),
+            ("/api%00", PathError::EncodedDelimiter),
+            ("/api%0a", PathError::ControlChar),
+            ("/api%252e%252e/x", PathError::DoubleEncoded),
+            ("/api%2", PathError::BadEscape),
+            ("/api%zz", PathError::BadEscape),
+            ("/caf\u{e9}", PathError::NonAscii),
+        ];
+        for (input, want) in cases {
+            assert_eq!(canonicalize(input), Err(*want), "{input:?}");
+        }
+    }
+
+    #[test]
+    fn lone_percent_25_is_kept_literal() {
+        assert_eq!(canonicalize("/100%25").as_deref(), Ok("/100%25"));
+    }
+
+    #[test]
+    fn canonical_form_is_a_fixed_point() {
+        for p in ["/%61//b/", "/a%20b", "/x/%7E/y"] {
+            let once = canonicalize(p).unwrap();
+            assert_eq!(canonicalize(&once).unwrap(), once);
+        }
+    }
+
+    #[test]
+    fn segments_ignore_leading_and_trailing_slash() {
+        assert_eq!(segments("/a/b/").collect::<Vec<_>>(), ["a", "b"]);
+        assert_eq!(segments("/").count(), 0);
+    }
+}
