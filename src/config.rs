@@ -332,15 +332,19 @@ pub struct Config {
 impl Config {
     pub fn load(file: &Path) -> Result<Config, Diagnostics> {
         let src = std::fs::read_to_string(file).map_err(|e| {
-            Diagnostics(vec![Diagnostic::file(file, "file", format!("cannot read: {e}"))])
+            Diagnostics(vec![Diagnostic::file(
+                file,
+                "file",
+                format!("cannot read: {e}"),
+            )])
         })?;
         Self::parse(file, &src)
     }
 
     /// Parses config text; `file` names it in diagnostics and anchors relative paths.
     pub fn parse(file: &Path, src: &str) -> Result<Config, Diagnostics> {
-        let raw: RawConfig = toml::from_str(src)
-            .map_err(|e| Diagnostics(vec![from_toml_error(file, src, &e)]))?;
+        let raw: RawConfig =
+            toml::from_str(src).map_err(|e| Diagnostics(vec![from_toml_error(file, src, &e)]))?;
         Checker {
             file,
             src,
@@ -395,7 +399,11 @@ impl Checker<'_> {
             Ok(u) if u.scheme_str() == Some("https") && u.host().is_some() => Some(u),
             Ok(u) if u.scheme_str() == Some("http") && is_loopback_host(&u) => Some(u),
             Ok(_) => {
-                self.err(at, key, "must be an https:// URL (http:// only to a loopback address)");
+                self.err(
+                    at,
+                    key,
+                    "must be an https:// URL (http:// only to a loopback address)",
+                );
                 None
             }
             Err(e) => {
@@ -414,11 +422,19 @@ impl Checker<'_> {
         for l in raw.server.listen.get_ref() {
             match l.parse::<SocketAddr>() {
                 Ok(a) => listen.push(a),
-                Err(_) => self.err(listen_at, "server.listen", format!("{l:?} is not an address:port")),
+                Err(_) => self.err(
+                    listen_at,
+                    "server.listen",
+                    format!("{l:?} is not an address:port"),
+                ),
             }
         }
         if listen.is_empty() {
-            self.err(listen_at, "server.listen", "at least one listen address is required");
+            self.err(
+                listen_at,
+                "server.listen",
+                "at least one listen address is required",
+            );
         }
         if raw.server.threads == 0 {
             self.err(listen_at, "server.threads", "must be at least 1");
@@ -427,7 +443,9 @@ impl Checker<'_> {
             listen,
             threads: raw.server.threads.max(1),
             grace_period: Duration::from_secs(raw.server.grace_period_seconds),
-            graceful_shutdown_timeout: Duration::from_secs(raw.server.graceful_shutdown_timeout_seconds),
+            graceful_shutdown_timeout: Duration::from_secs(
+                raw.server.graceful_shutdown_timeout_seconds,
+            ),
         };
 
         // clerk
@@ -445,7 +463,11 @@ impl Checker<'_> {
         }
         for p in &clerk.authorized_parties {
             if p.ends_with('/') || !(p.starts_with("https://") || p.starts_with("http://")) {
-                self.err(clerk_at, "clerk.authorized_parties", format!("{p:?} must be an origin like https://app.example.com"));
+                self.err(
+                    clerk_at,
+                    "clerk.authorized_parties",
+                    format!("{p:?} must be an origin like https://app.example.com"),
+                );
             }
         }
         let alg_at = clerk.algorithms.span().start;
@@ -462,16 +484,32 @@ impl Checker<'_> {
             self.err(alg_at, "clerk.algorithms", "list at least RS256");
         }
         if clerk.leeway_seconds > 60 {
-            self.err(clerk_at, "clerk.leeway_seconds", "at most 60 (Clerk tokens live 60 s)");
+            self.err(
+                clerk_at,
+                "clerk.leeway_seconds",
+                "at most 60 (Clerk tokens live 60 s)",
+            );
         }
         if !(512..=65_536).contains(&clerk.max_token_bytes) {
-            self.err(clerk_at, "clerk.max_token_bytes", "must be between 512 and 65536");
+            self.err(
+                clerk_at,
+                "clerk.max_token_bytes",
+                "must be between 512 and 65536",
+            );
         }
         let cookie_suffix = clerk.cookie_suffix.map(|s| {
             let at = s.span().start;
             let s = s.into_inner();
-            if s.len() != 8 || !s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
-                self.err(at, "clerk.cookie_suffix", "must be the 8-character suffix of __session_<suffix>");
+            if s.len() != 8
+                || !s
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            {
+                self.err(
+                    at,
+                    "clerk.cookie_suffix",
+                    "must be the 8-character suffix of __session_<suffix>",
+                );
             }
             s
         });
@@ -482,9 +520,15 @@ impl Checker<'_> {
         let mut sources = Vec::new();
         if let Some(u) = &j.frontend_api {
             if let Some(base) = self.jwks_url(u, "clerk.jwks.frontend_api") {
-                let s = format!("{}/.well-known/jwks.json", base.to_string().trim_end_matches('/'));
+                let s = format!(
+                    "{}/.well-known/jwks.json",
+                    base.to_string().trim_end_matches('/')
+                );
                 if let Ok(url) = s.parse() {
-                    sources.push(JwksSourceConfig::Url { url, secret_key_env: None });
+                    sources.push(JwksSourceConfig::Url {
+                        url,
+                        secret_key_env: None,
+                    });
                 }
             }
         }
@@ -501,11 +545,18 @@ impl Checker<'_> {
                 }
             }
         } else if let Some(env) = &j.secret_key_env {
-            self.err(env.span().start, "clerk.jwks.secret_key_env", "only used with backend_api");
+            self.err(
+                env.span().start,
+                "clerk.jwks.secret_key_env",
+                "only used with backend_api",
+            );
         }
         if let Some(u) = &j.url {
             if let Some(url) = self.jwks_url(u, "clerk.jwks.url") {
-                sources.push(JwksSourceConfig::Url { url, secret_key_env: None });
+                sources.push(JwksSourceConfig::Url {
+                    url,
+                    secret_key_env: None,
+                });
             }
         }
         if let Some(p) = &j.pem_file {
@@ -515,15 +566,29 @@ impl Checker<'_> {
         if let Some(e) = &j.pem_env {
             sources.push(JwksSourceConfig::PemEnv(e.get_ref().clone()));
         }
-        let given = [&j.frontend_api, &j.backend_api, &j.url, &j.pem_file, &j.pem_env]
-            .iter()
-            .filter(|o| o.is_some())
-            .count();
+        let given = [
+            &j.frontend_api,
+            &j.backend_api,
+            &j.url,
+            &j.pem_file,
+            &j.pem_env,
+        ]
+        .iter()
+        .filter(|o| o.is_some())
+        .count();
         if given != 1 {
-            self.err(jwks_at, "clerk.jwks", "set exactly one of frontend_api, backend_api, url, pem_file, pem_env");
+            self.err(
+                jwks_at,
+                "clerk.jwks",
+                "set exactly one of frontend_api, backend_api, url, pem_file, pem_env",
+            );
         }
         if j.ttl_seconds == 0 || j.unknown_kid_cooldown_seconds == 0 {
-            self.err(jwks_at, "clerk.jwks", "ttl_seconds and unknown_kid_cooldown_seconds must be positive");
+            self.err(
+                jwks_at,
+                "clerk.jwks",
+                "ttl_seconds and unknown_kid_cooldown_seconds must be positive",
+            );
         }
         let jwks_timing = JwksTiming {
             ttl: Duration::from_secs(j.ttl_seconds.max(1)),
@@ -542,7 +607,11 @@ impl Checker<'_> {
             org_id: self.header_name(h.org_id, "identity_headers.org_id", d.org_id),
             org_slug: self.header_name(h.org_slug, "identity_headers.org_slug", d.org_slug),
             org_role: self.header_name(h.org_role, "identity_headers.org_role", d.org_role),
-            org_permissions: self.header_name(h.org_permissions, "identity_headers.org_permissions", d.org_permissions),
+            org_permissions: self.header_name(
+                h.org_permissions,
+                "identity_headers.org_permissions",
+                d.org_permissions,
+            ),
             plans: self.header_name(h.plans, "identity_headers.plans", d.plans),
             features: self.header_name(h.features, "identity_headers.features", d.features),
             actor: self.header_name(h.actor, "identity_headers.actor", d.actor),
@@ -550,7 +619,11 @@ impl Checker<'_> {
         let mut seen = std::collections::HashSet::new();
         for n in headers.all() {
             if !seen.insert(crate::headers::fold(n)) {
-                self.err(0, "identity_headers", format!("{n:?} is used twice (after folding case, '_' and '.')"));
+                self.err(
+                    0,
+                    "identity_headers",
+                    format!("{n:?} is used twice (after folding case, '_' and '.')"),
+                );
             }
         }
 
@@ -568,7 +641,11 @@ impl Checker<'_> {
             for p in u.peers.get_ref() {
                 match p.parse::<SocketAddr>() {
                     Ok(a) => peers.push(a),
-                    Err(_) => self.err(u.peers.span().start, &format!("{key}.peers"), format!("{p:?} is not an ip:port")),
+                    Err(_) => self.err(
+                        u.peers.span().start,
+                        &format!("{key}.peers"),
+                        format!("{p:?} is not an ip:port"),
+                    ),
                 }
             }
             if u.peers.get_ref().is_empty() {
@@ -579,15 +656,31 @@ impl Checker<'_> {
                 let hc = hc.into_inner();
                 let path = hc.path.unwrap_or_else(|| "/".into());
                 if hc.kind == HealthCheckKind::Http && !path.starts_with('/') {
-                    self.err(hat, &format!("{key}.health_check.path"), "must start with '/'");
+                    self.err(
+                        hat,
+                        &format!("{key}.health_check.path"),
+                        "must start with '/'",
+                    );
                 }
                 if hc.interval_seconds == 0 {
-                    self.err(hat, &format!("{key}.health_check.interval_seconds"), "must be positive");
+                    self.err(
+                        hat,
+                        &format!("{key}.health_check.interval_seconds"),
+                        "must be positive",
+                    );
                 }
-                HealthCheck { kind: hc.kind, path, interval: Duration::from_secs(hc.interval_seconds.max(1)) }
+                HealthCheck {
+                    kind: hc.kind,
+                    path,
+                    interval: Duration::from_secs(hc.interval_seconds.max(1)),
+                }
             });
             if u.tls && u.sni.as_deref().unwrap_or("").is_empty() {
-                self.err(at, &format!("{key}.sni"), "a TLS upstream needs sni (the name its certificate is for)");
+                self.err(
+                    at,
+                    &format!("{key}.sni"),
+                    "a TLS upstream needs sni (the name its certificate is for)",
+                );
             }
             upstreams.insert(
                 name.clone(),
@@ -610,7 +703,13 @@ impl Checker<'_> {
             return Err(self.diags.sorted());
         }
         let jwks_source = sources.into_iter().next().ok_or_else(|| {
-            Diagnostics(vec![Diagnostic::at(self.file, self.src, jwks_at, "clerk.jwks", "no key source")])
+            Diagnostics(vec![Diagnostic::at(
+                self.file,
+                self.src,
+                jwks_at,
+                "clerk.jwks",
+                "no key source",
+            )])
         })?;
         Ok(Config {
             file: self.file.to_path_buf(),
@@ -663,7 +762,9 @@ peers = ["127.0.0.1:9006"]
         assert_eq!(
             c.jwks_source,
             JwksSourceConfig::Url {
-                url: "https://clerk.example.com/.well-known/jwks.json".parse().unwrap(),
+                url: "https://clerk.example.com/.well-known/jwks.json"
+                    .parse()
+                    .unwrap(),
                 secret_key_env: None
             }
         );
@@ -688,7 +789,10 @@ peers = ["nope"]
         assert!(text.contains("c.toml:3:10: clerk.issuer:"), "{text}");
         assert!(text.contains("c.toml:4:14: clerk.algorithms:"), "{text}");
         assert!(text.contains("c.toml:7:7: clerk.jwks.url:"), "{text}");
-        assert!(text.contains("c.toml:10:9: upstreams.flask.peers:"), "{text}");
+        assert!(
+            text.contains("c.toml:10:9: upstreams.flask.peers:"),
+            "{text}"
+        );
         assert_eq!(errs.0.len(), 4, "{text}");
     }
 
@@ -696,6 +800,10 @@ peers = ["nope"]
     fn unknown_keys_are_errors() {
         let bad = GOOD.replace("[upstreams.flask]", "[upstreams.flask]\ntimeout = 5");
         let errs = Config::parse(Path::new("c.toml"), &bad).unwrap_err();
-        assert!(errs.to_string().contains("c.toml:15:1: timeout: unknown field `timeout`"), "{errs}");
+        assert!(
+            errs.to_string()
+                .contains("c.toml:13:1: timeout: unknown field `timeout`"),
+            "{errs}"
+        );
     }
 }

@@ -57,7 +57,12 @@ impl DevIssuer {
 
     fn from_pkcs8(issuer: &str, kid: &str, pkcs8: Vec<u8>) -> Result<DevIssuer, DevError> {
         let key = RsaKeyPair::from_pkcs8(&pkcs8).map_err(|e| DevError::Key(e.to_string()))?;
-        Ok(DevIssuer { key, pkcs8, kid: kid.to_string(), issuer: issuer.to_string() })
+        Ok(DevIssuer {
+            key,
+            pkcs8,
+            kid: kid.to_string(),
+            issuer: issuer.to_string(),
+        })
     }
 
     /// The public key as a JWK (`kty`, `kid`, `use`, `alg`, `n`, `e`).
@@ -75,7 +80,10 @@ impl DevIssuer {
     pub fn public_pem(&self) -> String {
         use aws_lc_rs::encoding::AsDer;
         let comps: aws_lc_rs::rsa::PublicKeyComponents<Vec<u8>> = self.key.public_key().into();
-        let der = comps.as_der().map(|d| d.as_ref().to_vec()).unwrap_or_default();
+        let der = comps
+            .as_der()
+            .map(|d| d.as_ref().to_vec())
+            .unwrap_or_default();
         let b64 = STANDARD.encode(der);
         let mut pem = String::from("-----BEGIN PUBLIC KEY-----\n");
         for chunk in b64.as_bytes().chunks(64) {
@@ -99,7 +107,12 @@ impl DevIssuer {
         // signature then simply fails verification.
         if self
             .key
-            .sign(&RSA_PKCS1_SHA256, &SystemRandom::new(), msg.as_bytes(), &mut sig)
+            .sign(
+                &RSA_PKCS1_SHA256,
+                &SystemRandom::new(),
+                msg.as_bytes(),
+                &mut sig,
+            )
             .is_err()
         {
             sig.clear();
@@ -131,7 +144,8 @@ impl DevIssuer {
         if let Some(dir) = file.parent() {
             std::fs::create_dir_all(dir)?;
         }
-        let state = json!({"issuer": self.issuer, "kid": self.kid, "pkcs8": STANDARD.encode(&self.pkcs8)});
+        let state =
+            json!({"issuer": self.issuer, "kid": self.kid, "pkcs8": STANDARD.encode(&self.pkcs8)});
         std::fs::write(file, state.to_string())?;
         #[cfg(unix)]
         {
@@ -190,8 +204,10 @@ pub async fn serve(listener: tokio::net::TcpListener, handler: Handler) {
 pub fn json_response(status: u16, body: &Value) -> http::Response<Full<Bytes>> {
     let mut resp = http::Response::new(Full::new(Bytes::from(body.to_string())));
     *resp.status_mut() = http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::OK);
-    resp.headers_mut()
-        .insert("content-type", http::HeaderValue::from_static("application/json"));
+    resp.headers_mut().insert(
+        "content-type",
+        http::HeaderValue::from_static("application/json"),
+    );
     resp
 }
 
@@ -200,7 +216,12 @@ pub fn echo(parts: &http::request::Parts) -> Value {
     let headers: serde_json::Map<String, Value> = parts
         .headers
         .iter()
-        .map(|(k, v)| (k.as_str().to_string(), Value::String(v.to_str().unwrap_or("<binary>").to_string())))
+        .map(|(k, v)| {
+            (
+                k.as_str().to_string(),
+                Value::String(v.to_str().unwrap_or("<binary>").to_string()),
+            )
+        })
         .collect();
     json!({"method": parts.method.as_str(), "path": parts.uri.to_string(), "headers": headers})
 }
@@ -227,7 +248,10 @@ pub fn start_dev_servers() -> Result<DevServers, DevError> {
     })?;
     let jwks_addr = jwks_listener.local_addr()?;
     let echo_addr = echo_listener.local_addr()?;
-    let issuer = Arc::new(DevIssuer::generate(&format!("http://{jwks_addr}"), "ins_portier_dev")?);
+    let issuer = Arc::new(DevIssuer::generate(
+        &format!("http://{jwks_addr}"),
+        "ins_portier_dev",
+    )?);
     let doc = json!({"keys": [issuer.jwk()]});
     runtime.spawn(serve(
         jwks_listener,
@@ -236,8 +260,16 @@ pub fn start_dev_servers() -> Result<DevServers, DevError> {
             _ => json_response(404, &json!({"error": "not found"})),
         }),
     ));
-    runtime.spawn(serve(echo_listener, Arc::new(|parts| json_response(200, &echo(&parts)))));
-    Ok(DevServers { issuer, jwks_addr, echo_addr, _runtime: runtime })
+    runtime.spawn(serve(
+        echo_listener,
+        Arc::new(|parts| json_response(200, &echo(&parts))),
+    ));
+    Ok(DevServers {
+        issuer,
+        jwks_addr,
+        echo_addr,
+        _runtime: runtime,
+    })
 }
 
 /// The policies shipped in `policies/`, embedded so `portier dev` runs from anywhere.

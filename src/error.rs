@@ -158,7 +158,9 @@ impl Reason {
             Reason::BadPath => "the request path uses an ambiguous encoding",
             Reason::TokenMissing => "sign in required: no session token was sent",
             Reason::TokenInvalid => "the session token is malformed or has invalid claims",
-            Reason::TokenInvalidAlgorithm => "the session token uses an algorithm that is not accepted",
+            Reason::TokenInvalidAlgorithm => {
+                "the session token uses an algorithm that is not accepted"
+            }
             Reason::TokenInvalidSignature => "the session token signature does not verify",
             Reason::TokenUnknownKey => "the session token was signed by an unknown key",
             Reason::TokenExpired => "the session token has expired",

@@ -126,7 +126,12 @@ mod tests {
         ] {
             assert!(g.is_protected(n), "{n}");
         }
-        for n in ["x-portier-user-idx", "user-id", "authorization", "x-portier"] {
+        for n in [
+            "x-portier-user-idx",
+            "user-id",
+            "authorization",
+            "x-portier",
+        ] {
             assert!(!g.is_protected(n), "{n}");
         }
     }
@@ -134,7 +139,10 @@ mod tests {
     #[test]
     fn clerk_cookies_are_stripped_and_others_kept() {
         assert_eq!(
-            strip_clerk_cookies("a=1; __session=t; __client_uat=5; __session_ab12cd34=x; b=2; __clerk_db_jwt=y").as_deref(),
+            strip_clerk_cookies(
+                "a=1; __session=t; __client_uat=5; __session_ab12cd34=x; b=2; __clerk_db_jwt=y"
+            )
+            .as_deref(),
             Some("a=1; b=2")
         );
         assert_eq!(strip_clerk_cookies("__session=t"), None);

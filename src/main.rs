@@ -16,7 +16,11 @@ use portier::policy::PolicySet;
 use portier::proxy;
 
 #[derive(Parser)]
-#[command(name = "portier", version, about = "Authorization sidecar: Clerk session tokens, route policies, Pingora")]
+#[command(
+    name = "portier",
+    version,
+    about = "Authorization sidecar: Clerk session tokens, route policies, Pingora"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -75,9 +79,14 @@ fn main() -> ExitCode {
         Cmd::Run { config } => run(&config),
         Cmd::Check { config } => return check(&config),
         Cmd::Dev { listen, policies } => run_dev(listen, policies),
-        Cmd::Token { sub, plan, feature, org, org_role, expires } => {
-            token(&sub, &plan, &feature, org.as_deref(), &org_role, &expires)
-        }
+        Cmd::Token {
+            sub,
+            plan,
+            feature,
+            org,
+            org_role,
+            expires,
+        } => token(&sub, &plan, &feature, org.as_deref(), &org_role, &expires),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -124,7 +133,9 @@ fn run(config: &Path) -> anyhow::Result<()> {
 
 /// Fetch keys before serving so the first request does not wait; not fatal if it fails.
 fn warm_keys(gw: &proxy::Gateway) {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build();
     match rt {
         Ok(rt) => {
             if let Err(e) = rt.block_on(gw.verifier.jwks.warm()) {
@@ -156,13 +167,17 @@ fn run_dev(listen: SocketAddr, policies: Option<PathBuf>) -> anyhow::Result<()> 
     let verifier = proxy::build_verifier(&cfg)?;
     let built = proxy::build(&cfg, set, verifier)?;
     let pro = servers.issuer.token(&with_entitlements(
-        servers.issuer.claims("user_123", "http://localhost:3000", 3600),
+        servers
+            .issuer
+            .claims("user_123", "http://localhost:3000", 3600),
         &["pro".into()],
         &[],
     ));
-    let free = servers
-        .issuer
-        .token(&servers.issuer.claims("user_456", "http://localhost:3000", 3600));
+    let free = servers.issuer.token(&servers.issuer.claims(
+        "user_456",
+        "http://localhost:3000",
+        3600,
+    ));
     println!(
         r#"
 Portier dev is up on http://{listen}
@@ -197,7 +212,13 @@ Try (tokens below are valid for 1 hour; mint more with `portier token --sub user
 fn with_entitlements(mut claims: Value, plans: &[String], features: &[String]) -> Value {
     let scoped = |v: &[String]| {
         v.iter()
-            .map(|p| if p.contains(':') { p.clone() } else { format!("u:{p}") })
+            .map(|p| {
+                if p.contains(':') {
+                    p.clone()
+                } else {
+                    format!("u:{p}")
+                }
+            })
             .collect::<Vec<_>>()
             .join(",")
     };
@@ -232,7 +253,11 @@ fn token(
 ) -> anyhow::Result<()> {
     let issuer = DevIssuer::load(&dev::state_file())?;
     let ttl = parse_duration(expires)?.as_secs() as i64;
-    let mut claims = with_entitlements(issuer.claims(sub, "http://localhost:3000", ttl), plans, features);
+    let mut claims = with_entitlements(
+        issuer.claims(sub, "http://localhost:3000", ttl),
+        plans,
+        features,
+    );
     if let Some(org) = org {
         claims["o"] = json!({"id": org, "rol": org_role.trim_start_matches("org:")});
     }

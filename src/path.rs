@@ -23,7 +23,9 @@ pub enum PathError {
     NonAscii,
     #[error("path has a malformed percent-escape")]
     BadEscape,
-    #[error("path percent-encodes a character that changes its structure (%2e, %2f, %5c, %3b, %00)")]
+    #[error(
+        "path percent-encodes a character that changes its structure (%2e, %2f, %5c, %3b, %00)"
+    )]
     EncodedDelimiter,
     #[error("path is percent-encoded twice")]
     DoubleEncoded,
@@ -96,7 +98,10 @@ pub fn canonicalize(raw: &str) -> Result<String, PathError> {
                     }
                     b'%' => {
                         let next_is_escape = matches!(
-                            (bytes.get(i + 3).copied().and_then(hex), bytes.get(i + 4).copied().and_then(hex)),
+                            (
+                                bytes.get(i + 3).copied().and_then(hex),
+                                bytes.get(i + 4).copied().and_then(hex)
+                            ),
                             (Some(_), Some(_))
                         );
                         if next_is_escape {
@@ -151,7 +156,13 @@ mod tests {
 
     #[test]
     fn plain_paths_pass_unchanged() {
-        for p in ["/", "/api/books", "/api/books/", "/a-b_c~d/E.png", "/x/y.z/w"] {
+        for p in [
+            "/",
+            "/api/books",
+            "/api/books/",
+            "/a-b_c~d/E.png",
+            "/x/y.z/w",
+        ] {
             assert_eq!(canonicalize(p).as_deref(), Ok(p));
         }
     }
@@ -164,7 +175,10 @@ mod tests {
 
     #[test]
     fn slashes_collapse() {
-        assert_eq!(canonicalize("//api///books//1").as_deref(), Ok("/api/books/1"));
+        assert_eq!(
+            canonicalize("//api///books//1").as_deref(),
+            Ok("/api/books/1")
+        );
     }
 
     #[test]

@@ -82,18 +82,29 @@ impl Gateway {
     pub async fn authenticate(&self, req: &RequestHeader) -> Authn {
         let settings = self.verifier.settings();
         let found = extract_token(
-            req.headers.get(http::header::AUTHORIZATION).map(|v| v.as_bytes()),
-            req.headers.get_all(http::header::COOKIE).iter().map(|v| v.as_bytes()),
+            req.headers
+                .get(http::header::AUTHORIZATION)
+                .map(|v| v.as_bytes()),
+            req.headers
+                .get_all(http::header::COOKIE)
+                .iter()
+                .map(|v| v.as_bytes()),
             settings.cookie_suffix.as_deref(),
         );
         let Some((token, source)) = found else {
-            return Authn::SignedOut { reason: Reason::TokenMissing, source: None };
+            return Authn::SignedOut {
+                reason: Reason::TokenMissing,
+                source: None,
+            };
         };
         match self.verifier.verify(token).await {
             Ok(id) => Authn::SignedIn(id),
             Err(e) => {
                 log::debug!("token refused ({:?}): {e}", source);
-                Authn::SignedOut { reason: e.reason(), source: Some(source) }
+                Authn::SignedOut {
+                    reason: e.reason(),
+                    source: Some(source),
+                }
             }
         }
     }
@@ -102,12 +113,20 @@ impl Gateway {
 /// Builds the verifier for a config, resolving the secrets it names.
 pub fn build_verifier(cfg: &Config) -> Result<Verifier, StartError> {
     let source = match &cfg.jwks_source {
-        JwksSourceConfig::Url { url, secret_key_env } => {
+        JwksSourceConfig::Url {
+            url,
+            secret_key_env,
+        } => {
             let bearer = match secret_key_env {
-                Some(env) => Some(std::env::var(env).map_err(|_| StartError::MissingEnv(env.clone()))?),
+                Some(env) => {
+                    Some(std::env::var(env).map_err(|_| StartError::MissingEnv(env.clone()))?)
+                }
                 None => None,
             };
-            JwksSource::Remote { url: url.clone(), bearer }
+            JwksSource::Remote {
+                url: url.clone(),
+                bearer,
+            }
         }
         JwksSourceConfig::PemFile(p) => {
             let pem = std::fs::read(p).map_err(|e| StartError::Read(p.display().to_string(), e))?;
@@ -153,7 +172,8 @@ fn is_navigation(req: &RequestHeader) -> bool {
         return false;
     }
     let h = &req.headers;
-    h.get("sec-fetch-mode").is_some_and(|v| v.as_bytes() == b"navigate")
+    h.get("sec-fetch-mode")
+        .is_some_and(|v| v.as_bytes() == b"navigate")
         || h.get(http::header::ACCEPT)
             .and_then(|v| v.to_str().ok())
             .is_some_and(|a| a.contains("text/html"))
@@ -177,7 +197,9 @@ async fn send_error(session: &mut Session, reason: Reason, allow: Option<String>
         session.set_keepalive(None);
     }
     let head_only = session.req_header().method == http::Method::HEAD;
-    session.write_response_header(Box::new(resp), head_only).await?;
+    session
+        .write_response_header(Box::new(resp), head_only)
+        .await?;
     if !head_only {
         session.write_response_body(Some(body), true).await?;
     }
@@ -189,7 +211,10 @@ impl ProxyHttp for Portier {
     type CTX = Ctx;
 
     fn new_ctx(&self) -> Ctx {
-        Ctx { started: Some(Instant::now()), ..Ctx::default() }
+        Ctx {
+            started: Some(Instant::now()),
+            ..Ctx::default()
+        }
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
@@ -222,11 +247,17 @@ impl ProxyHttp for Portier {
             && !req.headers.contains_key(http::header::AUTHORIZATION)
             && !req.headers.contains_key(http::header::COOKIE)
         {
-            Authn::SignedOut { reason: Reason::TokenMissing, source: None }
+            Authn::SignedOut {
+                reason: Reason::TokenMissing,
+                source: None,
+            }
         } else {
             gw.authenticate(req).await
         };
-        let facts = RequestFacts { method, navigation: is_navigation(req) };
+        let facts = RequestFacts {
+            method,
+            navigation: is_navigation(req),
+        };
         let (_, decision) = decide(&policies, &canonical, &facts, &authn);
         ctx.route = Some(route_index);
         let upstream = gw.upstreams.get(&route_def.upstream).cloned();
@@ -236,15 +267,24 @@ impl ProxyHttp for Portier {
         };
         match decision {
             Decision::Deny(reason) => {
+                if let Authn::SignedIn(id) = authn {
+                    ctx.identity = Some(id);
+                }
                 ctx.reason = Some(reason);
                 ctx.policies = Some(policies);
                 send_error(session, reason, None).await?;
                 Ok(true)
             }
-            Decision::Allow { identity, signed_out_page } => {
+            Decision::Allow {
+                identity,
+                signed_out_page,
+            } => {
                 let Some(upstream) = upstream else {
                     // Policies are checked against the config's upstreams at load; this is a bug.
-                    log::error!("route {} names an upstream that is not configured", route_def.name);
+                    log::error!(
+                        "route {} names an upstream that is not configured",
+                        route_def.name
+                    );
                     ctx.reason = Some(Reason::Internal);
                     send_error(session, Reason::Internal, None).await?;
                     return Ok(true);
@@ -362,7 +402,10 @@ impl ProxyHttp for Portier {
             }
             (None, _) => 0,
         };
-        FailToProxy { error_code: code, can_reuse_downstream: false }
+        FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
     }
 
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Ctx) {
@@ -404,11 +447,9 @@ fn build_upstream(cfg: &UpstreamConfig, server: &mut Server) -> Result<Arc<Upstr
                 HealthCheckKind::Tcp => lb.set_health_check(TcpHealthCheck::new()),
                 HealthCheckKind::Http => {
                     let mut check = HttpHealthCheck::new(&cfg.sni, cfg.tls);
-                    check.req.set_uri(
-                        hc.path
-                            .parse()
-                            .map_err(|_| StartError::Upstream(cfg.name.clone(), "bad health check path".into()))?,
-                    );
+                    check.req.set_uri(hc.path.parse().map_err(|_| {
+                        StartError::Upstream(cfg.name.clone(), "bad health check path".into())
+                    })?);
                     lb.set_health_check(Box::new(check));
                 }
             }
@@ -419,7 +460,10 @@ fn build_upstream(cfg: &UpstreamConfig, server: &mut Server) -> Result<Arc<Upstr
             task
         }
     };
-    Ok(Arc::new(Upstream { config: cfg.clone(), lb }))
+    Ok(Arc::new(Upstream {
+        config: cfg.clone(),
+        lb,
+    }))
 }
 
 /// A shutdown trigger for servers run inside another program (tests, `portier dev`).
@@ -451,10 +495,12 @@ pub struct Built {
 
 /// Builds the Pingora server for a config and a compiled policy set.
 pub fn build(cfg: &Config, policies: PolicySet, verifier: Verifier) -> Result<Built, StartError> {
-    let mut conf = ServerConf::default();
-    conf.threads = cfg.server.threads;
-    conf.grace_period_seconds = Some(cfg.server.grace_period.as_secs());
-    conf.graceful_shutdown_timeout_seconds = Some(cfg.server.graceful_shutdown_timeout.as_secs());
+    let conf = ServerConf {
+        threads: cfg.server.threads,
+        grace_period_seconds: Some(cfg.server.grace_period.as_secs()),
+        graceful_shutdown_timeout_seconds: Some(cfg.server.graceful_shutdown_timeout.as_secs()),
+        ..ServerConf::default()
+    };
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
     let mut upstreams = HashMap::new();
@@ -467,18 +513,23 @@ pub fn build(cfg: &Config, policies: PolicySet, verifier: Verifier) -> Result<Bu
         upstreams,
         guard: HeaderGuard::new(&cfg.headers),
     });
-    let mut svc = pingora::proxy::http_proxy_service(&server.configuration, Portier(gateway.clone()));
+    let mut svc =
+        pingora::proxy::http_proxy_service(&server.configuration, Portier(gateway.clone()));
     for addr in &cfg.server.listen {
         svc.add_tcp(&addr.to_string());
     }
     server.add_service(svc);
-    Ok(Built { server, gateway, listen: cfg.server.listen.clone() })
+    Ok(Built {
+        server,
+        gateway,
+        listen: cfg.server.listen.clone(),
+    })
 }
 
 /// Loads policies and keys for `cfg` and builds the server.
 pub fn build_from_config(cfg: &Config) -> Result<Built, StartError> {
-    let policies =
-        PolicySet::load_dir(&cfg.policies_dir, &cfg.upstream_names()).map_err(StartError::Policies)?;
+    let policies = PolicySet::load_dir(&cfg.policies_dir, &cfg.upstream_names())
+        .map_err(StartError::Policies)?;
     let verifier = build_verifier(cfg)?;
     build(cfg, policies, verifier)
 }
@@ -488,7 +539,9 @@ pub fn spawn(built: Built) -> (ShutdownHandle, std::thread::JoinHandle<()>) {
     let (tx, rx) = tokio::sync::watch::channel(false);
     let server = built.server;
     let thread = std::thread::spawn(move || {
-        server.run(RunArgs { shutdown_signal: Box::new(WatchShutdown(rx)) });
+        server.run(RunArgs {
+            shutdown_signal: Box::new(WatchShutdown(rx)),
+        });
     });
     (ShutdownHandle(tx), thread)
 }

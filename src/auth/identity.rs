@@ -110,7 +110,11 @@ fn v2_org_permissions(fea: &[Entitlement], per: Option<&str>, fpm: Option<&str>)
         return Vec::new();
     };
     let perms: Vec<&str> = per.split(',').map(str::trim).collect();
-    let org_features: Vec<&str> = fea.iter().filter(|e| e.org).map(|e| e.name.as_str()).collect();
+    let org_features: Vec<&str> = fea
+        .iter()
+        .filter(|e| e.org)
+        .map(|e| e.name.as_str())
+        .collect();
     let mut out = Vec::new();
     for (feature, mask) in org_features.iter().zip(fpm.split(',')) {
         let Ok(mask) = mask.trim().parse::<u128>() else {
@@ -153,8 +157,12 @@ impl Identity {
             Some(Value::Object(act)) => act.get("sub").and_then(Value::as_str).map(str::to_string),
             _ => None,
         };
-        let plans = opt_str(&claims, "pla")?.map(parse_entitlements).unwrap_or_default();
-        let features = opt_str(&claims, "fea")?.map(parse_entitlements).unwrap_or_default();
+        let plans = opt_str(&claims, "pla")?
+            .map(parse_entitlements)
+            .unwrap_or_default();
+        let features = opt_str(&claims, "fea")?
+            .map(parse_entitlements)
+            .unwrap_or_default();
         let org = if version == 2 {
             match claims.get("o") {
                 None | Some(Value::Null) => None,

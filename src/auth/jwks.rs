@@ -358,7 +358,13 @@ mod tests {
 
     #[test]
     fn empty_or_bad_documents_are_errors() {
-        assert!(matches!(KeySet::from_jwks(br#"{"keys":[]}"#), Err(JwksError::NoKeys)));
-        assert!(matches!(KeySet::from_jwks(b"nope"), Err(JwksError::Parse(_))));
+        assert!(matches!(
+            KeySet::from_jwks(br#"{"keys":[]}"#),
+            Err(JwksError::NoKeys)
+        ));
+        assert!(matches!(
+            KeySet::from_jwks(b"nope"),
+            Err(JwksError::Parse(_))
+        ));
     }
 }

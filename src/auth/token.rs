@@ -21,6 +21,9 @@ pub fn extract_token<'a>(
 ) -> Option<(&'a str, TokenSource)> {
     if let Some(value) = authorization {
         let value = std::str::from_utf8(value).ok()?.trim();
+        if value.eq_ignore_ascii_case("bearer") {
+            return None;
+        }
         let token = match value.split_once(' ') {
             Some((scheme, rest)) if scheme.eq_ignore_ascii_case("bearer") => rest.trim(),
             Some(_) => return None,
@@ -80,7 +83,10 @@ mod tests {
             ex(Some("Bearer abc"), &["__session=xyz"]),
             Some(("abc", TokenSource::Header))
         );
-        assert_eq!(ex(Some("bearer  abc "), &[]), Some(("abc", TokenSource::Header)));
+        assert_eq!(
+            ex(Some("bearer  abc "), &[]),
+            Some(("abc", TokenSource::Header))
+        );
         assert_eq!(ex(Some("abc"), &[]), Some(("abc", TokenSource::Header)));
     }
 
@@ -115,9 +121,17 @@ mod tests {
 
     #[test]
     fn configured_suffix_is_exact() {
-        let got = extract_token(None, [b"__session_AAAAAAAA=t".as_slice()].into_iter(), Some("BBBBBBBB"));
+        let got = extract_token(
+            None,
+            [b"__session_AAAAAAAA=t".as_slice()].into_iter(),
+            Some("BBBBBBBB"),
+        );
         assert_eq!(got, None);
-        let got = extract_token(None, [b"__session_BBBBBBBB=t".as_slice()].into_iter(), Some("BBBBBBBB"));
+        let got = extract_token(
+            None,
+            [b"__session_BBBBBBBB=t".as_slice()].into_iter(),
+            Some("BBBBBBBB"),
+        );
         assert_eq!(got, Some(("t", TokenSource::Cookie)));
     }
 }

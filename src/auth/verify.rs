@@ -285,7 +285,8 @@ fn truncate(s: &str) -> String {
 
 fn parse_header(token: &str) -> Result<RawHeader, VerifyError> {
     let mut parts = token.split('.');
-    let (Some(h), Some(_), Some(_), None) = (parts.next(), parts.next(), parts.next(), parts.next())
+    let (Some(h), Some(_), Some(_), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
     else {
         return Err(VerifyError::Malformed("not three dot-separated parts"));
     };

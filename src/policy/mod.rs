@@ -144,7 +144,11 @@ impl PolicySet {
                 .filter(|p| p.extension().is_some_and(|x| x == "toml"))
                 .collect(),
             Err(e) => {
-                diags.push(Diagnostic::file(dir, "policies.dir", format!("cannot read: {e}")));
+                diags.push(Diagnostic::file(
+                    dir,
+                    "policies.dir",
+                    format!("cannot read: {e}"),
+                ));
                 return Err(diags);
             }
         };
@@ -167,7 +171,10 @@ impl PolicySet {
     }
 
     /// Compiles policy sources (`(file name, text)`), collecting every error.
-    pub fn compile(sources: &[(PathBuf, String)], upstreams: &[&str]) -> Result<PolicySet, Diagnostics> {
+    pub fn compile(
+        sources: &[(PathBuf, String)],
+        upstreams: &[&str],
+    ) -> Result<PolicySet, Diagnostics> {
         let mut diags = Diagnostics::default();
         let mut set = PolicySet::default();
         let mut names: HashMap<String, (PathBuf, usize)> = HashMap::new();
@@ -188,7 +195,12 @@ impl PolicySet {
                             src,
                             path_span.0,
                             "route.name",
-                            format!("duplicate route name {:?} (first at {}:{})", route.name, f.display(), l),
+                            format!(
+                                "duplicate route name {:?} (first at {}:{})",
+                                route.name,
+                                f.display(),
+                                l
+                            ),
                         ));
                         continue;
                     }
@@ -230,7 +242,10 @@ impl PolicySet {
     /// The most specific route for a canonical path, regardless of method.
     pub fn lookup<'a>(&'a self, method: &str, path: &str) -> Result<RouteMatch<'a>, Reason> {
         let mut params = Vec::new();
-        let slot = self.router.lookup(path, &mut params).ok_or(Reason::NoRoute)?;
+        let slot = self
+            .router
+            .lookup(path, &mut params)
+            .ok_or(Reason::NoRoute)?;
         let index = slot
             .iter()
             .copied()
@@ -271,8 +286,17 @@ fn compile_route(
     };
     let name_at = r.name.span().start;
     let name = r.name.into_inner();
-    if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
-        err(diags, name_at, "route.name", "must be non-empty letters, digits, '-' or '_'".into());
+    if name.is_empty()
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    {
+        err(
+            diags,
+            name_at,
+            "route.name",
+            "must be non-empty letters, digits, '-' or '_'".into(),
+        );
     }
     let path_at = r.path.span().start;
     let pattern = r.path.into_inner();
@@ -287,7 +311,12 @@ fn compile_route(
     let mut methods = MethodSet::default();
     let raw_methods = r.methods.into_inner();
     if raw_methods.is_empty() {
-        err(diags, methods_at, "route.methods", "list at least one method, or \"*\"".into());
+        err(
+            diags,
+            methods_at,
+            "route.methods",
+            "list at least one method, or \"*\"".into(),
+        );
     }
     for m in &raw_methods {
         if m == "*" {
@@ -295,27 +324,56 @@ fn compile_route(
         } else if let Some(b) = MethodSet::bit(m) {
             methods.0 |= b;
         } else {
-            err(diags, methods_at, "route.methods", format!("unknown method {m:?} (use upper case: {})", METHODS.join(", ")));
+            err(
+                diags,
+                methods_at,
+                "route.methods",
+                format!(
+                    "unknown method {m:?} (use upper case: {})",
+                    METHODS.join(", ")
+                ),
+            );
         }
     }
     let up_at = r.upstream.span().start;
     let upstream = r.upstream.into_inner();
     if !upstreams.contains(&upstream.as_str()) {
-        err(diags, up_at, "route.upstream", format!("unknown upstream {upstream:?} (config declares: {})", upstreams.join(", ")));
+        err(
+            diags,
+            up_at,
+            "route.upstream",
+            format!(
+                "unknown upstream {upstream:?} (config declares: {})",
+                upstreams.join(", ")
+            ),
+        );
     }
     let access = r.access.unwrap_or(Access::SignedIn);
-    let list = |diags: &mut Diagnostics, v: Option<Spanned<Vec<String>>>, key: &str| -> Vec<String> {
-        let Some(v) = v else { return Vec::new() };
-        let at = v.span().start;
-        let v = v.into_inner();
-        if v.is_empty() || v.iter().any(|s| s.trim().is_empty()) {
-            diags.push(Diagnostic::at(file, src, at, key, "must list one or more non-empty names"));
-        }
-        if access == Access::Public {
-            diags.push(Diagnostic::at(file, src, at, key, "a public route cannot have requirements"));
-        }
-        v
-    };
+    let list =
+        |diags: &mut Diagnostics, v: Option<Spanned<Vec<String>>>, key: &str| -> Vec<String> {
+            let Some(v) = v else { return Vec::new() };
+            let at = v.span().start;
+            let v = v.into_inner();
+            if v.is_empty() || v.iter().any(|s| s.trim().is_empty()) {
+                diags.push(Diagnostic::at(
+                    file,
+                    src,
+                    at,
+                    key,
+                    "must list one or more non-empty names",
+                ));
+            }
+            if access == Access::Public {
+                diags.push(Diagnostic::at(
+                    file,
+                    src,
+                    at,
+                    key,
+                    "a public route cannot have requirements",
+                ));
+            }
+            v
+        };
     let plans = list(diags, r.plan, "route.plan");
     let features = list(diags, r.feature, "route.feature");
     let org_roles = list(diags, r.org_role, "route.org_role");
@@ -330,10 +388,20 @@ fn compile_route(
                 owner = Some(i);
                 owner_is_tail = matches!(segs.last(), Some(PatSeg::Tail(t)) if *t == o);
             }
-            None => err(diags, at, "route.owner", format!("{o:?} is not a parameter of {pattern:?}")),
+            None => err(
+                diags,
+                at,
+                "route.owner",
+                format!("{o:?} is not a parameter of {pattern:?}"),
+            ),
         }
         if access == Access::Public {
-            err(diags, at, "route.owner", "a public route cannot have requirements".into());
+            err(
+                diags,
+                at,
+                "route.owner",
+                "a public route cannot have requirements".into(),
+            );
         }
     }
     let mut claims = Vec::new();
@@ -345,17 +413,32 @@ fn compile_route(
                 toml::Value::Integer(i) => Value::from(i),
                 toml::Value::Boolean(b) => Value::Bool(b),
                 _ => {
-                    err(diags, at, "route.claims", format!("claim {k:?}: only strings, integers and booleans can be compared"));
+                    err(
+                        diags,
+                        at,
+                        "route.claims",
+                        format!("claim {k:?}: only strings, integers and booleans can be compared"),
+                    );
                     continue;
                 }
             };
             if k.is_empty() || k.split('.').any(str::is_empty) {
-                err(diags, at, "route.claims", format!("claim path {k:?} is not a dotted path"));
+                err(
+                    diags,
+                    at,
+                    "route.claims",
+                    format!("claim path {k:?} is not a dotted path"),
+                );
             }
             claims.push((k, v));
         }
         if access == Access::Public {
-            err(diags, at, "route.claims", "a public route cannot have requirements".into());
+            err(
+                diags,
+                at,
+                "route.claims",
+                "a public route cannot have requirements".into(),
+            );
         }
     }
     if diags.0.len() > before {
@@ -401,7 +484,9 @@ pub fn parse_pattern(p: &str) -> Result<(Vec<PatSeg>, Vec<String>), String> {
         return Ok((Vec::new(), Vec::new()));
     }
     if p.ends_with('/') {
-        return Err(format!("{p:?}: remove the trailing '/' (matching ignores one)"));
+        return Err(format!(
+            "{p:?}: remove the trailing '/' (matching ignores one)"
+        ));
     }
     let mut segs = Vec::new();
     let mut params: Vec<String> = Vec::new();
@@ -416,16 +501,24 @@ pub fn parse_pattern(p: &str) -> Result<(Vec<PatSeg>, Vec<String>), String> {
                 None => (inner, false),
             };
             if !is_param_name(name) {
-                return Err(format!("{p:?}: parameter name {name:?} must be lower_snake_case"));
+                return Err(format!(
+                    "{p:?}: parameter name {name:?} must be lower_snake_case"
+                ));
             }
             if params.iter().any(|q| q == name) {
                 return Err(format!("{p:?}: parameter {name:?} appears twice"));
             }
             if tail && i + 1 != parts.len() {
-                return Err(format!("{p:?}: a tail wildcard {{{name}..}} must be the last segment"));
+                return Err(format!(
+                    "{p:?}: a tail wildcard {{{name}..}} must be the last segment"
+                ));
             }
             params.push(name.to_string());
-            segs.push(if tail { PatSeg::Tail(name.into()) } else { PatSeg::Param(name.into()) });
+            segs.push(if tail {
+                PatSeg::Tail(name.into())
+            } else {
+                PatSeg::Param(name.into())
+            });
         } else {
             if s.contains(['{', '}']) {
                 return Err(format!("{p:?}: a parameter must be a whole segment"));
@@ -477,10 +570,16 @@ pub fn evaluate(m: &RouteMatch<'_>, path: &str, req: &RequestFacts<'_>, authn: &
     let route = m.route;
     let identity = match (route.access, authn) {
         (Access::Public, Authn::SignedIn(id)) => {
-            return Decision::Allow { identity: Some(id.clone()), signed_out_page: false }
+            return Decision::Allow {
+                identity: Some(id.clone()),
+                signed_out_page: false,
+            }
         }
         (Access::Public, Authn::SignedOut { .. }) => {
-            return Decision::Allow { identity: None, signed_out_page: false }
+            return Decision::Allow {
+                identity: None,
+                signed_out_page: false,
+            }
         }
         (Access::SignedIn, Authn::SignedIn(id)) => id,
         (Access::SignedIn, Authn::SignedOut { reason, source }) => {
@@ -491,7 +590,10 @@ pub fn evaluate(m: &RouteMatch<'_>, path: &str, req: &RequestFacts<'_>, authn: &
                 && *reason == Reason::TokenExpired
                 && *source == Some(TokenSource::Cookie);
             return if pass {
-                Decision::Allow { identity: None, signed_out_page: true }
+                Decision::Allow {
+                    identity: None,
+                    signed_out_page: true,
+                }
             } else {
                 Decision::Deny(*reason)
             };
@@ -522,18 +624,33 @@ pub fn evaluate(m: &RouteMatch<'_>, path: &str, req: &RequestFacts<'_>, authn: &
         return Decision::Deny(Reason::OrgRoleRequired);
     }
     if !route.org_permissions.is_empty()
-        && !route.org_permissions.iter().any(|p| identity.has_permission(p))
+        && !route
+            .org_permissions
+            .iter()
+            .any(|p| identity.has_permission(p))
     {
         return Decision::Deny(Reason::OrgPermissionRequired);
     }
-    if route.claims.iter().any(|(k, v)| identity.claim(k) != Some(v)) {
+    if route
+        .claims
+        .iter()
+        .any(|(k, v)| identity.claim(k) != Some(v))
+    {
         return Decision::Deny(Reason::ClaimMismatch);
     }
-    Decision::Allow { identity: Some(identity.clone()), signed_out_page: false }
+    Decision::Allow {
+        identity: Some(identity.clone()),
+        signed_out_page: false,
+    }
 }
 
 /// Lookup and evaluation in one call: what the proxy and `explain` both run.
-pub fn decide(set: &PolicySet, path: &str, req: &RequestFacts<'_>, authn: &Authn) -> (Option<usize>, Decision) {
+pub fn decide(
+    set: &PolicySet,
+    path: &str,
+    req: &RequestFacts<'_>,
+    authn: &Authn,
+) -> (Option<usize>, Decision) {
     match set.lookup(req.method, path) {
         Ok(m) => (Some(m.index), evaluate(&m, path, req, authn)),
         Err(reason) => (None, Decision::Deny(reason)),

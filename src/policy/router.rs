@@ -68,7 +68,12 @@ impl Router {
     }
 }
 
-fn find<'r>(node: &'r Node, path: &str, segs: &[Span], params: &mut Vec<Span>) -> Option<&'r [usize]> {
+fn find<'r>(
+    node: &'r Node,
+    path: &str,
+    segs: &[Span],
+    params: &mut Vec<Span>,
+) -> Option<&'r [usize]> {
     let Some((&(s, e), rest)) = segs.split_first() else {
         if !node.here.is_empty() {
             return Some(&node.here);
@@ -128,7 +133,10 @@ mod tests {
     fn hit(r: &Router, path: &str) -> Option<(usize, Vec<String>)> {
         let mut p = Vec::new();
         let slot = r.lookup(path, &mut p)?;
-        Some((slot[0], p.iter().map(|&(s, e)| path[s..e].to_string()).collect()))
+        Some((
+            slot[0],
+            p.iter().map(|&(s, e)| path[s..e].to_string()).collect(),
+        ))
     }
 
     #[test]
@@ -138,7 +146,10 @@ mod tests {
         assert_eq!(hit(&r, "/api/books/"), Some((0, vec![])));
         assert_eq!(hit(&r, "/api/books/new"), Some((3, vec![])));
         assert_eq!(hit(&r, "/api/books/42"), Some((1, vec!["42".into()])));
-        assert_eq!(hit(&r, "/api/books/42/x"), Some((2, vec!["books/42/x".into()])));
+        assert_eq!(
+            hit(&r, "/api/books/42/x"),
+            Some((2, vec!["books/42/x".into()]))
+        );
         assert_eq!(hit(&r, "/api"), Some((2, vec!["".into()])));
         assert_eq!(hit(&r, "/"), Some((5, vec![])));
     }

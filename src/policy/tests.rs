@@ -1,0 +1,359 @@
+use std::path::PathBuf;
+
+use serde_json::json;
+
+use super::*;
+
+fn set(src: &str) -> PolicySet {
+    PolicySet::compile(
+        &[(PathBuf::from("p.toml"), src.to_string())],
+        &["app", "web"],
+    )
+    .unwrap_or_else(|d| panic!("{d}"))
+}
+
+fn errors(src: &str) -> String {
+    PolicySet::compile(&[(PathBuf::from("p.toml"), src.to_string())], &["app"])
+        .expect_err("should fail")
+        .to_string()
+}
+
+fn id(extra: serde_json::Value) -> Arc<Identity> {
+    let mut c = json!({"exp": 4_000_000_000i64, "sid": "sess_1", "sub": "user_a", "v": 2});
+    for (k, v) in extra.as_object().unwrap() {
+        c[k] = v.clone();
+    }
+    Arc::new(Identity::from_claims(c.as_object().unwrap().clone()).unwrap())
+}
+
+const GET: RequestFacts<'static> = RequestFacts {
+    method: "GET",
+    navigation: false,
+};
+
+fn run(s: &PolicySet, path: &str, req: &RequestFacts<'_>, a: &Authn) -> Decision {
+    decide(s, path, req, a).1
+}
+
+const ROUTES: &str = r#"
+[[route]]
+name = "pub"
+path = "/p/{rest..}"
+methods = ["GET"]
+upstream = "app"
+access = "public"
+
+[[route]]
+name = "files"
+path = "/files/{key..}"
+methods = ["GET", "PUT"]
+upstream = "app"
+owner = "key"
+
+[[route]]
+name = "pro-or-biz"
+path = "/gen"
+methods = ["*"]
+upstream = "app"
+plan = ["pro", "business"]
+
+[[route]]
+name = "page"
+path = "/page"
+methods = ["GET"]
+upstream = "web"
+page = true
+feature = ["dash"]
+"#;
+
+#[test]
+fn public_routes_allow_anyone_and_keep_a_valid_identity() {
+    let s = set(ROUTES);
+    let out = Authn::SignedOut {
+        reason: Reason::TokenExpired,
+        source: Some(TokenSource::Header),
+    };
+    assert_eq!(
+        run(&s, "/p/x", &GET, &out),
+        Decision::Allow {
+            identity: None,
+            signed_out_page: false
+        }
+    );
+    let me = id(json!({}));
+    assert_eq!(
+        run(&s, "/p/x", &GET, &Authn::SignedIn(me.clone())),
+        Decision::Allow {
+            identity: Some(me),
+            signed_out_page: false
+        }
+    );
+}
+
+#[test]
+fn signed_out_callers_get_the_authentication_reason() {
+    let s = set(ROUTES);
+    for r in [
+        Reason::TokenMissing,
+        Reason::TokenExpired,
+        Reason::JwksUnavailable,
+    ] {
+        let a = Authn::SignedOut {
+            reason: r,
+            source: None,
+        };
+        assert_eq!(run(&s, "/gen", &GET, &a), Decision::Deny(r));
+    }
+}
+
+#[test]
+fn tail_ownership_is_a_whole_segment_prefix() {
+    let s = set(ROUTES);
+    let me = Authn::SignedIn(id(json!({})));
+    assert!(matches!(
+        run(&s, "/files/user_a/images/x.png", &GET, &me),
+        Decision::Allow { .. }
+    ));
+    assert!(matches!(
+        run(&s, "/files/user_a", &GET, &me),
+        Decision::Allow { .. }
+    ));
+    for p in [
+        "/files/user_ab/x",
+        "/files/user_b/x",
+        "/files/x/user_a/y",
+        "/files",
+    ] {
+        assert_eq!(
+            run(&s, p, &GET, &me),
+            Decision::Deny(Reason::NotOwner),
+            "{p}"
+        );
+    }
+}
+
+#[test]
+fn plans_are_alternatives() {
+    let s = set(ROUTES);
+    let post = RequestFacts {
+        method: "POST",
+        navigation: false,
+    };
+    assert!(matches!(
+        run(
+            &s,
+            "/gen",
+            &post,
+            &Authn::SignedIn(id(json!({"pla": "o:business"})))
+        ),
+        Decision::Allow { .. }
+    ));
+    assert!(matches!(
+        run(
+            &s,
+            "/gen",
+            &post,
+            &Authn::SignedIn(id(json!({"pla": "u:pro"})))
+        ),
+        Decision::Allow { .. }
+    ));
+    assert_eq!(
+        run(
+            &s,
+            "/gen",
+            &post,
+            &Authn::SignedIn(id(json!({"pla": "u:free"})))
+        ),
+        Decision::Deny(Reason::PlanRequired)
+    );
+}
+
+#[test]
+fn page_pass_through_needs_an_expired_cookie_on_a_navigation() {
+    let s = set(ROUTES);
+    let nav = RequestFacts {
+        method: "GET",
+        navigation: true,
+    };
+    let expired_cookie = Authn::SignedOut {
+        reason: Reason::TokenExpired,
+        source: Some(TokenSource::Cookie),
+    };
+    assert_eq!(
+        run(&s, "/page", &nav, &expired_cookie),
+        Decision::Allow {
+            identity: None,
+            signed_out_page: true
+        }
+    );
+    assert_eq!(
+        run(&s, "/page", &GET, &expired_cookie),
+        Decision::Deny(Reason::TokenExpired)
+    );
+    let header = Authn::SignedOut {
+        reason: Reason::TokenExpired,
+        source: Some(TokenSource::Header),
+    };
+    assert_eq!(
+        run(&s, "/page", &nav, &header),
+        Decision::Deny(Reason::TokenExpired)
+    );
+    let invalid = Authn::SignedOut {
+        reason: Reason::TokenInvalidSignature,
+        source: Some(TokenSource::Cookie),
+    };
+    assert_eq!(
+        run(&s, "/page", &nav, &invalid),
+        Decision::Deny(Reason::TokenInvalidSignature)
+    );
+    // Signed in, the page's requirements apply as usual.
+    assert_eq!(
+        run(&s, "/page", &nav, &Authn::SignedIn(id(json!({})))),
+        Decision::Deny(Reason::FeatureRequired)
+    );
+}
+
+#[test]
+fn lookup_reasons() {
+    let s = set(ROUTES);
+    let me = Authn::SignedIn(id(json!({})));
+    assert_eq!(run(&s, "/nope", &GET, &me), Decision::Deny(Reason::NoRoute));
+    let del = RequestFacts {
+        method: "DELETE",
+        navigation: false,
+    };
+    assert_eq!(
+        run(&s, "/files/user_a/x", &del, &me),
+        Decision::Deny(Reason::MethodNotAllowed)
+    );
+    assert_eq!(s.allowed_methods("/files/user_a/x"), ["GET", "PUT"]);
+    let trace = RequestFacts {
+        method: "TRACE",
+        navigation: false,
+    };
+    assert_eq!(
+        run(&s, "/gen", &trace, &me),
+        Decision::Deny(Reason::MethodNotAllowed)
+    );
+}
+
+#[test]
+fn compile_errors_are_all_reported_with_lines() {
+    let text = errors(
+        r#"
+[[route]]
+name = "a"
+path = "/x/{id}"
+methods = ["GET", "get"]
+upstream = "nope"
+owner = "uid"
+
+[[route]]
+name = "a"
+path = "/y/{rest..}/z"
+methods = []
+upstream = "app"
+access = "public"
+plan = ["pro"]
+"#,
+    );
+    for want in [
+        "p.toml:5:11: route.methods: unknown method \"get\"",
+        "p.toml:6:12: route.upstream: unknown upstream \"nope\"",
+        "p.toml:7:9: route.owner: \"uid\" is not a parameter",
+        "p.toml:11:8: route.path:",
+        "p.toml:12:11: route.methods: list at least one method",
+        "p.toml:15:8: route.plan: a public route cannot have requirements",
+    ] {
+        assert!(text.contains(want), "missing {want:?} in\n{text}");
+    }
+}
+
+#[test]
+fn ambiguity_and_duplicates() {
+    let text = errors(
+        r#"
+[[route]]
+name = "a"
+path = "/x/{id}"
+methods = ["GET"]
+upstream = "app"
+
+[[route]]
+name = "b"
+path = "/x/{other}"
+methods = ["GET", "POST"]
+upstream = "app"
+
+[[route]]
+name = "a"
+path = "/z"
+methods = ["GET"]
+upstream = "app"
+"#,
+    );
+    assert!(
+        text.contains("p.toml:10:8: route.path: ambiguous"),
+        "{text}"
+    );
+    assert!(
+        text.contains("p.toml:15:8: route.name: duplicate route name \"a\""),
+        "{text}"
+    );
+    // Disjoint methods on one shape are fine.
+    set(r#"
+[[route]]
+name = "read"
+path = "/x/{id}"
+methods = ["GET"]
+upstream = "app"
+[[route]]
+name = "write"
+path = "/x/{id}"
+methods = ["POST"]
+upstream = "app"
+"#);
+}
+
+#[test]
+fn patterns() {
+    assert!(parse_pattern("/a/{b}/{c..}").is_ok());
+    for bad in [
+        "a", "/a/", "/a//b", "/{B}", "/{a}/{a}", "/x{a}", "/{t..}/x", "/a/../b", "/%2e",
+    ] {
+        assert!(parse_pattern(bad).is_err(), "{bad}");
+    }
+}
+
+#[test]
+fn claims_compare_exactly() {
+    let s = set(r#"
+[[route]]
+name = "c"
+path = "/c"
+methods = ["GET"]
+upstream = "app"
+[route.claims]
+"metadata.subscription" = "pro"
+"metadata.seats" = 5
+"#);
+    let ok = Authn::SignedIn(id(json!({"metadata": {"subscription": "pro", "seats": 5}})));
+    assert!(matches!(run(&s, "/c", &GET, &ok), Decision::Allow { .. }));
+    for bad in [
+        json!({"metadata": {"subscription": "pro", "seats": "5"}}),
+        json!({"metadata": "pro"}),
+        json!({}),
+    ] {
+        assert_eq!(
+            run(&s, "/c", &GET, &Authn::SignedIn(id(bad))),
+            Decision::Deny(Reason::ClaimMismatch)
+        );
+    }
+}
+
+#[test]
+fn shipped_policies_compile() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
+    let s = PolicySet::load_dir(&dir, &["flask", "nextjs"]).unwrap_or_else(|d| panic!("{d}"));
+    assert!(s.routes.len() >= 10);
+}

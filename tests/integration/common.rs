@@ -1,0 +1,528 @@
+//! Test harness: real servers on 127.0.0.1:0 (a JWKS server, recording upstreams, Portier
+//! itself) and a raw HTTP/1.1 client that sends request targets byte for byte, so path
+//! attacks reach Portier exactly as an attacker would send them.
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use portier::config::Config;
+use portier::dev::{json_response, serve, DevIssuer};
+use portier::policy::PolicySet;
+use portier::proxy::{self, Gateway, ShutdownHandle};
+use serde_json::{json, Value};
+
+pub const ISSUER: &str = "https://clerk.portier.test";
+pub const AZP: &str = "https://app.portier.test";
+
+pub fn runtime() -> &'static tokio::runtime::Runtime {
+    static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+    RT.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("test runtime")
+    })
+}
+
+pub fn listener() -> (tokio::net::TcpListener, SocketAddr) {
+    let l = runtime()
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .expect("bind");
+    let a = l.local_addr().expect("addr");
+    (l, a)
+}
+
+/// A port for a server that binds by itself (Pingora). Taken below Linux's ephemeral range
+/// (32768+), so no `bind(:0)` of another test can be handed the same port in the window
+/// between this check and Pingora's bind.
+pub fn free_port() -> SocketAddr {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let base = 20_000 + (std::process::id() as usize % 400) * 25;
+    for _ in 0..10_000 {
+        let n = NEXT.fetch_add(1, Ordering::SeqCst);
+        let port = 20_000 + (base - 20_000 + n) % 12_000;
+        if let Ok(l) = TcpListener::bind(("127.0.0.1", port as u16)) {
+            return l.local_addr().expect("addr");
+        }
+    }
+    panic!("no free port below the ephemeral range")
+}
+
+/// One issuer key (generated once per test binary: RSA key generation is not free).
+pub fn issuer() -> &'static DevIssuer {
+    static I: OnceLock<DevIssuer> = OnceLock::new();
+    I.get_or_init(|| DevIssuer::generate(ISSUER, "ins_key1").expect("key"))
+}
+
+pub fn issuer2() -> &'static DevIssuer {
+    static I: OnceLock<DevIssuer> = OnceLock::new();
+    I.get_or_init(|| DevIssuer::generate(ISSUER, "ins_key2").expect("key"))
+}
+
+/// A JWKS HTTP server whose key list, availability and latency tests control.
+pub struct JwksServer {
+    pub addr: SocketAddr,
+    pub keys: Arc<Mutex<Vec<Value>>>,
+    pub up: Arc<AtomicBool>,
+    pub fetches: Arc<AtomicUsize>,
+    pub delay_ms: Arc<AtomicUsize>,
+}
+
+impl JwksServer {
+    pub fn start(keys: Vec<Value>) -> JwksServer {
+        let (l, addr) = listener();
+        let keys = Arc::new(Mutex::new(keys));
+        let up = Arc::new(AtomicBool::new(true));
+        let fetches = Arc::new(AtomicUsize::new(0));
+        let delay_ms = Arc::new(AtomicUsize::new(0));
+        let (k, u, f, d) = (keys.clone(), up.clone(), fetches.clone(), delay_ms.clone());
+        runtime().spawn(serve(
+            l,
+            Arc::new(move |_parts| {
+                f.fetch_add(1, Ordering::SeqCst);
+                let delay = d.load(Ordering::SeqCst);
+                if delay > 0 {
+                    std::thread::sleep(Duration::from_millis(delay as u64));
+                }
+                if !u.load(Ordering::SeqCst) {
+                    return json_response(503, &json!({"error": "down"}));
+                }
+                let keys = k.lock().map(|k| k.clone()).unwrap_or_default();
+                json_response(200, &json!({ "keys": keys }))
+            }),
+        ));
+        JwksServer {
+            addr,
+            keys,
+            up,
+            fetches,
+            delay_ms,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}/.well-known/jwks.json", self.addr)
+    }
+
+    pub fn fetch_count(&self) -> usize {
+        self.fetches.load(Ordering::SeqCst)
+    }
+}
+
+/// What an upstream received.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub method: String,
+    pub path: String,
+    pub headers: BTreeMap<String, Vec<String>>,
+}
+
+impl Seen {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .get(name)
+            .and_then(|v| v.first())
+            .map(String::as_str)
+    }
+}
+
+/// An upstream that records every request and answers 200 (or sleeps on `/slow/...`).
+pub struct Upstream {
+    pub addr: SocketAddr,
+    pub seen: Arc<Mutex<Vec<Seen>>>,
+}
+
+impl Upstream {
+    pub fn start() -> Upstream {
+        let (l, addr) = listener();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let s = seen.clone();
+        runtime().spawn(serve(
+            l,
+            Arc::new(move |parts: http::request::Parts| {
+                let mut headers: BTreeMap<String, Vec<String>> = BTreeMap::new();
+                for (k, v) in &parts.headers {
+                    headers
+                        .entry(k.as_str().to_string())
+                        .or_default()
+                        .push(String::from_utf8_lossy(v.as_bytes()).into_owned());
+                }
+                let path = parts.uri.to_string();
+                if path.contains("/slow") {
+                    std::thread::sleep(Duration::from_millis(1500));
+                }
+                if let Ok(mut s) = s.lock() {
+                    s.push(Seen {
+                        method: parts.method.to_string(),
+                        path: path.clone(),
+                        headers,
+                    });
+                }
+                json_response(200, &json!({"upstream": "ok", "path": path}))
+            }),
+        ));
+        Upstream { addr, seen }
+    }
+
+    pub fn requests(&self) -> Vec<Seen> {
+        self.seen.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    pub fn last(&self) -> Seen {
+        self.requests().pop().expect("upstream received a request")
+    }
+
+    pub fn count(&self) -> usize {
+        self.seen.lock().map(|s| s.len()).unwrap_or(0)
+    }
+}
+
+/// Policies used by most tests: one of each requirement.
+pub const TEST_POLICIES: &str = r#"
+[[route]]
+name = "public"
+path = "/public/{rest..}"
+methods = ["GET", "POST"]
+upstream = "app"
+access = "public"
+
+[[route]]
+name = "books"
+path = "/api/books/{rest..}"
+methods = ["GET", "POST"]
+upstream = "app"
+
+[[route]]
+name = "jobs"
+path = "/api/jobs/{user_id}/{rest..}"
+methods = ["GET"]
+upstream = "app"
+owner = "user_id"
+
+[[route]]
+name = "pro"
+path = "/api/pro"
+methods = ["GET"]
+upstream = "app"
+plan = ["pro"]
+
+[[route]]
+name = "feature"
+path = "/api/dashboard"
+methods = ["GET"]
+upstream = "app"
+feature = ["dashboard"]
+
+[[route]]
+name = "admin"
+path = "/admin/{rest..}"
+methods = ["GET", "POST"]
+upstream = "app"
+org_role = ["org:admin"]
+
+[[route]]
+name = "perm"
+path = "/api/reservations"
+methods = ["GET"]
+upstream = "app"
+org_permission = ["org:reservations:manage"]
+
+[[route]]
+name = "claims"
+path = "/api/metadata-pro"
+methods = ["GET"]
+upstream = "app"
+[route.claims]
+"metadata.subscription" = "pro"
+
+[[route]]
+name = "page"
+path = "/dashboard/{rest..}"
+methods = ["GET", "HEAD"]
+upstream = "next"
+page = true
+
+[[route]]
+name = "next-api"
+path = "/next/{rest..}"
+methods = ["GET"]
+upstream = "next"
+
+[[route]]
+name = "slow"
+path = "/slow/{rest..}"
+methods = ["GET"]
+upstream = "app"
+access = "public"
+
+[[route]]
+name = "dead"
+path = "/dead"
+methods = ["GET"]
+upstream = "dead"
+access = "public"
+"#;
+
+pub struct Portier {
+    pub addr: SocketAddr,
+    pub gateway: Arc<Gateway>,
+    shutdown: ShutdownHandle,
+    _dir: TempDir,
+}
+
+impl Drop for Portier {
+    fn drop(&mut self) {
+        self.shutdown.shutdown();
+    }
+}
+
+/// A directory removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new() -> TempDir {
+        let p = std::env::temp_dir().join(format!("portier-test-{:x}", rand::random::<u64>()));
+        std::fs::create_dir_all(&p).expect("tempdir");
+        TempDir(p)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+pub struct Setup {
+    pub jwks_url: String,
+    pub app: SocketAddr,
+    pub next: SocketAddr,
+    pub policies: String,
+    pub extra_clerk: String,
+    pub jwks_extra: String,
+}
+
+impl Setup {
+    pub fn new(jwks: &JwksServer, app: &Upstream, next: &Upstream) -> Setup {
+        Setup {
+            jwks_url: jwks.url(),
+            app: app.addr,
+            next: next.addr,
+            policies: TEST_POLICIES.to_string(),
+            extra_clerk: String::new(),
+            jwks_extra: String::new(),
+        }
+    }
+
+    pub fn start(self) -> Portier {
+        let dir = TempDir::new();
+        let listen = free_port();
+        // Port 1: nothing listens there, so connections are refused at once.
+        let dead = "127.0.0.1:1";
+        let config = format!(
+            r#"
+[server]
+listen = ["{listen}"]
+threads = 2
+grace_period_seconds = 0
+graceful_shutdown_timeout_seconds = 1
+
+[clerk]
+issuer = "{ISSUER}"
+authorized_parties = ["{AZP}"]
+missing_azp = "reject"
+{extra}
+
+[clerk.jwks]
+url = "{jwks}"
+unknown_kid_cooldown_seconds = 5
+failure_backoff_seconds = 0
+{jwks_extra}
+
+[upstreams.app]
+peers = ["{app}"]
+credentials = "strip"
+read_timeout_ms = 500
+
+[upstreams.next]
+peers = ["{next}"]
+credentials = "forward"
+
+[upstreams.dead]
+peers = ["{dead}"]
+connect_timeout_ms = 300
+"#,
+            extra = self.extra_clerk,
+            jwks = self.jwks_url,
+            jwks_extra = self.jwks_extra,
+            app = self.app,
+            next = self.next,
+        );
+        let cfg_path = dir.0.join("config.toml");
+        std::fs::write(&cfg_path, &config).expect("write config");
+        std::fs::create_dir_all(dir.0.join("policies")).expect("mkdir");
+        std::fs::write(dir.0.join("policies/test.toml"), &self.policies).expect("write policies");
+        let cfg = Config::load(&cfg_path).unwrap_or_else(|d| panic!("config:\n{d}"));
+        PolicySet::load_dir(&cfg.policies_dir, &cfg.upstream_names())
+            .unwrap_or_else(|d| panic!("policies:\n{d}"));
+        let built = proxy::build_from_config(&cfg).expect("build");
+        let gateway = built.gateway.clone();
+        let (shutdown, _thread) = proxy::spawn(built);
+        assert!(
+            proxy::wait_listening(listen, Duration::from_secs(10)),
+            "portier did not start"
+        );
+        Portier {
+            addr: listen,
+            gateway,
+            shutdown,
+            _dir: dir,
+        }
+    }
+}
+
+/// A parsed HTTP response.
+#[derive(Debug)]
+pub struct Resp {
+    pub status: u16,
+    pub headers: BTreeMap<String, String>,
+    pub body: String,
+}
+
+impl Resp {
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap_or(Value::Null)
+    }
+    /// The `error` reason code of a JSON refusal.
+    pub fn reason(&self) -> String {
+        self.json()["error"].as_str().unwrap_or("").to_string()
+    }
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).map(String::as_str)
+    }
+}
+
+/// Sends one request with `Connection: close` and reads the whole answer.
+pub fn raw(addr: SocketAddr, method: &str, target: &str, headers: &[(&str, &str)]) -> Resp {
+    let mut s = TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let mut req =
+        format!("{method} {target} HTTP/1.1\r\nHost: portier.test\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes()).expect("write");
+    let mut buf = Vec::new();
+    let _ = s.read_to_end(&mut buf);
+    parse(&buf)
+}
+
+pub fn get(addr: SocketAddr, target: &str, headers: &[(&str, &str)]) -> Resp {
+    raw(addr, "GET", target, headers)
+}
+
+fn parse(buf: &[u8]) -> Resp {
+    let text = String::from_utf8_lossy(buf);
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect::<BTreeMap<_, _>>();
+    let body = if headers
+        .get("transfer-encoding")
+        .is_some_and(|t| t == "chunked")
+    {
+        dechunk(body)
+    } else {
+        body.to_string()
+    };
+    Resp {
+        status,
+        headers,
+        body,
+    }
+}
+
+fn dechunk(mut s: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = s.split_once("\r\n") {
+        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if n == 0 || rest.len() < n {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        s = rest[n..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+pub fn bearer(token: &str) -> String {
+    format!("Bearer {token}")
+}
+
+/// A valid v2 session token for `sub` with extra claims merged in.
+pub fn token_with(sub: &str, extra: Value) -> String {
+    let mut claims = issuer().claims(sub, AZP, 60);
+    if let (Some(c), Some(e)) = (claims.as_object_mut(), extra.as_object()) {
+        for (k, v) in e {
+            c.insert(k.clone(), v.clone());
+        }
+    }
+    issuer().token(&claims)
+}
+
+pub fn token(sub: &str) -> String {
+    token_with(sub, json!({}))
+}
+
+/// The standard world: JWKS with key 1, an app and a next upstream, Portier in front.
+pub struct World {
+    pub jwks: JwksServer,
+    pub app: Upstream,
+    pub next: Upstream,
+    pub portier: Portier,
+}
+
+impl World {
+    pub fn start() -> World {
+        Self::start_with(|_| {})
+    }
+
+    pub fn start_with(f: impl FnOnce(&mut Setup)) -> World {
+        let jwks = JwksServer::start(vec![issuer().jwk()]);
+        let app = Upstream::start();
+        let next = Upstream::start();
+        let mut setup = Setup::new(&jwks, &app, &next);
+        f(&mut setup);
+        let portier = setup.start();
+        World {
+            jwks,
+            app,
+            next,
+            portier,
+        }
+    }
+
+    pub fn get(&self, target: &str, headers: &[(&str, &str)]) -> Resp {
+        get(self.portier.addr, target, headers)
+    }
+
+    pub fn get_as(&self, target: &str, token: &str) -> Resp {
+        let auth = bearer(token);
+        self.get(target, &[("Authorization", &auth)])
+    }
+}

@@ -1,0 +1,10 @@
+//! Integration tests: Portier as a real Pingora server in front of real upstream servers,
+//! with a real JWKS server and real RS256 keys. One binary, so the heavy link happens once.
+
+mod auth;
+mod cli;
+mod common;
+mod flask;
+mod jwks;
+mod paths;
+mod proxying;

@@ -1,0 +1,204 @@
+//! What reaches the upstream: identity headers it can trust, credentials only where
+//! configured, page navigations passed through signed out, and upstream failures as JSON.
+
+use portier::auth::verify::unix_now;
+use serde_json::json;
+
+use crate::common::*;
+
+#[test]
+fn spoofed_identity_headers_never_reach_the_upstream() {
+    let w = World::start();
+    let t = token_with("user_abc", json!({"pla": "u:pro"}));
+    let auth = bearer(&t);
+    let r = w.get(
+        "/api/books/1",
+        &[
+            ("Authorization", &auth),
+            ("X-Portier-User-Id", "user_evil"),
+            ("x_portier_user_id", "user_evil"),
+            ("X.Portier.User.Id", "user_evil"),
+            ("X-PORTIER_USER.ID", "user_evil"),
+            ("X-Portier-Plans", "u:enterprise"),
+            ("x-portier-org-role", "org:admin"),
+            (
+                "X-Middleware-Subrequest",
+                "middleware:middleware:middleware",
+            ),
+            ("x_middleware_subrequest", "middleware"),
+            ("Connection", "X-Portier-User-Id"),
+        ],
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let seen = w.app.last();
+    assert_eq!(
+        seen.headers.get("x-portier-user-id"),
+        Some(&vec!["user_abc".to_string()])
+    );
+    assert_eq!(seen.header("x-portier-plans"), Some("u:pro"));
+    assert_eq!(seen.header("x-portier-session-id"), Some("sess_abc"));
+    for (k, v) in &seen.headers {
+        let folded = k.replace(['_', '.'], "-");
+        assert!(
+            !folded.contains("middleware-subrequest"),
+            "{k} reached the upstream"
+        );
+        assert!(
+            !v.iter()
+                .any(|v| v.contains("evil") || v.contains("enterprise")),
+            "{k}: {v:?}"
+        );
+        if folded.starts_with("x-portier-") {
+            assert_eq!(k, &folded, "only our own spelling: {k}");
+        }
+    }
+    assert_eq!(
+        seen.header("x-portier-org-role"),
+        None,
+        "no org in the token: no org header"
+    );
+
+    // Anonymous on a public route: spoofed identity is removed and none is added.
+    let r = w.get(
+        "/public/a",
+        &[
+            ("X-Portier-User-Id", "user_evil"),
+            ("x_portier_user_id", "user_evil"),
+        ],
+    );
+    assert_eq!(r.status, 200);
+    let seen = w.app.last();
+    assert!(
+        seen.headers
+            .keys()
+            .all(|k| !k.replace(['_', '.'], "-").starts_with("x-portier")),
+        "{:?}",
+        seen.headers
+    );
+}
+
+#[test]
+fn credentials_are_forwarded_or_stripped_per_upstream() {
+    let w = World::start();
+    let t = token("user_abc");
+    let cookie = format!("theme=dark; __session={t}; __client_uat=1700000000");
+    // app: credentials = "strip"
+    let r = w.get("/api/books/1", &[("Cookie", &cookie)]);
+    assert_eq!(r.status, 200);
+    let seen = w.app.last();
+    assert_eq!(seen.header("authorization"), None);
+    assert_eq!(seen.header("cookie"), Some("theme=dark"));
+    let r = w.get_as("/api/books/1", &t);
+    assert_eq!(r.status, 200);
+    assert_eq!(w.app.last().header("authorization"), None);
+    // next: credentials = "forward" (Clerk's middleware in Next.js needs them)
+    let r = w.get("/next/x", &[("Cookie", &cookie)]);
+    assert_eq!(r.status, 200);
+    assert_eq!(w.next.last().header("cookie"), Some(cookie.as_str()));
+    let r = w.get_as("/next/x", &t);
+    assert_eq!(r.status, 200);
+    assert_eq!(w.next.last().method, "GET");
+    assert_eq!(
+        w.next.last().header("authorization"),
+        Some(bearer(&t).as_str())
+    );
+}
+
+#[test]
+fn expired_cookie_on_a_page_navigation_passes_signed_out() {
+    let w = World::start();
+    let expired = issuer().token(&issuer().claims("user_abc", AZP, -60));
+    let cookie = format!("__session={expired}");
+    // A browser navigation with an expired cookie: through, signed out, cookie intact.
+    let r = w.get(
+        "/dashboard/home",
+        &[("Cookie", &cookie), ("Sec-Fetch-Mode", "navigate")],
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let seen = w.next.last();
+    assert_eq!(seen.header("x-portier-user-id"), None);
+    assert_eq!(seen.header("cookie"), Some(cookie.as_str()));
+    let r = w.get(
+        "/dashboard/home",
+        &[
+            ("Cookie", &cookie),
+            ("Accept", "text/html,application/xhtml+xml"),
+        ],
+    );
+    assert_eq!(r.status, 200);
+    let before = w.next.count();
+    // Not a navigation (fetch from script), or the token in a header, or not expired but
+    // invalid, or no cookie at all: the normal 401.
+    for (what, headers) in [
+        (
+            "fetch",
+            vec![
+                ("Cookie", cookie.clone()),
+                ("Sec-Fetch-Mode", "cors".to_string()),
+            ],
+        ),
+        (
+            "header",
+            vec![
+                ("Authorization", bearer(&expired)),
+                ("Sec-Fetch-Mode", "navigate".to_string()),
+            ],
+        ),
+        (
+            "tampered",
+            vec![
+                ("Cookie", "__session=a.b.c".to_string()),
+                ("Sec-Fetch-Mode", "navigate".to_string()),
+            ],
+        ),
+        ("none", vec![("Sec-Fetch-Mode", "navigate".to_string())]),
+    ] {
+        let h: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let r = w.get("/dashboard/home", &h);
+        assert_eq!(r.status, 401, "{what}: {}", r.body);
+    }
+    // A POST is never a navigation.
+    let r = raw(
+        w.portier.addr,
+        "POST",
+        "/dashboard/home",
+        &[("Cookie", &cookie), ("Sec-Fetch-Mode", "navigate")],
+    );
+    assert_eq!(r.status, 405);
+    assert_eq!(w.next.count(), before);
+    // Non-page routes never pass through.
+    let r = w.get(
+        "/api/books/1",
+        &[("Cookie", &cookie), ("Sec-Fetch-Mode", "navigate")],
+    );
+    assert_eq!((r.status, r.reason().as_str()), (401, "token_expired"));
+    let _ = unix_now();
+}
+
+#[test]
+fn upstream_failures_are_json_502_and_504() {
+    let w = World::start();
+    let r = w.get("/dead", &[]);
+    assert_eq!(
+        (r.status, r.reason().as_str()),
+        (502, "upstream_unavailable"),
+        "{}",
+        r.body
+    );
+    assert!(!r.body.contains("127.0.0.1"), "no internals in the body");
+    let r = w.get("/slow/x", &[]);
+    assert_eq!(
+        (r.status, r.reason().as_str()),
+        (504, "upstream_timeout"),
+        "{}",
+        r.body
+    );
+}
+
+#[test]
+fn query_strings_are_forwarded_unchanged() {
+    let w = World::start();
+    let r = w.get("/public/search?q=a%2Fb&x=..%2f", &[]);
+    assert_eq!(r.status, 200);
+    assert_eq!(w.app.last().path, "/public/search?q=a%2Fb&x=..%2f");
+}
