@@ -29,6 +29,45 @@ struct RawConfig {
     upstreams: Spanned<BTreeMap<String, Spanned<RawUpstream>>>,
     #[serde(default)]
     policies: RawPolicies,
+    #[serde(default)]
+    admin: Option<Spanned<RawAdmin>>,
+    #[serde(default)]
+    decision_log: RawDecisionLog,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAdmin {
+    listen: Spanned<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDecisionLog {
+    #[serde(default = "default_log_mode")]
+    mode: DecisionLogMode,
+    #[serde(default = "default_sample")]
+    sample_rate: Spanned<f64>,
+    /// A file to append JSON lines to; standard output when absent.
+    #[serde(default)]
+    path: Option<String>,
+}
+
+impl Default for RawDecisionLog {
+    fn default() -> Self {
+        RawDecisionLog {
+            mode: default_log_mode(),
+            sample_rate: Spanned::new(0..0, 1.0),
+            path: None,
+        }
+    }
+}
+
+fn default_log_mode() -> DecisionLogMode {
+    DecisionLogMode::All
+}
+fn default_sample() -> Spanned<f64> {
+    Spanned::new(0..0, 1.0)
 }
 
 #[derive(Debug, Deserialize)]
@@ -212,6 +251,33 @@ fn default_hc_interval() -> u64 {
 struct RawPolicies {
     #[serde(default)]
     dir: Option<String>,
+    /// How often the policies directory and config file are checked for changes; 0 = never
+    /// (SIGHUP still reloads).
+    #[serde(default)]
+    reload_poll_ms: Option<u64>,
+    /// Declared plan names: `check` refuses policies naming others. Empty = not declared.
+    #[serde(default)]
+    plans: Vec<String>,
+    #[serde(default)]
+    features: Vec<String>,
+}
+
+/// Which decisions the decision log records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DecisionLogMode {
+    /// Every request (allowed ones sampled by `sample_rate`).
+    All,
+    /// Refusals and shadow refusals only.
+    Deny,
+    Off,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct DecisionLogConfig {
+    pub mode: DecisionLogMode,
+    pub sample_rate: f64,
+    pub path: Option<PathBuf>,
 }
 
 // === checked runtime types ===
@@ -239,7 +305,7 @@ pub struct HealthCheck {
     pub interval: Duration,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct UpstreamConfig {
     pub name: String,
     pub peers: Vec<SocketAddr>,
@@ -308,7 +374,7 @@ impl IdentityHeaders {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ServerSettings {
     pub listen: Vec<SocketAddr>,
     pub threads: usize,
@@ -327,6 +393,10 @@ pub struct Config {
     pub headers: IdentityHeaders,
     pub upstreams: BTreeMap<String, UpstreamConfig>,
     pub policies_dir: PathBuf,
+    pub reload_poll: Option<Duration>,
+    pub declared: crate::policy::lint::Declared,
+    pub admin_listen: Option<SocketAddr>,
+    pub decision_log: DecisionLogConfig,
 }
 
 impl Config {
@@ -698,6 +768,38 @@ impl Checker<'_> {
         }
 
         let policies_dir = base.join(raw.policies.dir.unwrap_or_else(|| "policies".into()));
+        let reload_poll = match raw.policies.reload_poll_ms.unwrap_or(1000) {
+            0 => None,
+            ms => Some(Duration::from_millis(ms)),
+        };
+        let admin_listen = raw.admin.and_then(|a| {
+            let at = a.span().start;
+            let l = a.into_inner().listen;
+            match l.get_ref().parse::<SocketAddr>() {
+                Ok(addr) => Some(addr),
+                Err(_) => {
+                    self.err(
+                        at,
+                        "admin.listen",
+                        format!("{:?} is not an address:port", l.get_ref()),
+                    );
+                    None
+                }
+            }
+        });
+        let rate = *raw.decision_log.sample_rate.get_ref();
+        if !(0.0..=1.0).contains(&rate) {
+            self.err(
+                raw.decision_log.sample_rate.span().start,
+                "decision_log.sample_rate",
+                "must be between 0 and 1",
+            );
+        }
+        let decision_log = DecisionLogConfig {
+            mode: raw.decision_log.mode,
+            sample_rate: rate.clamp(0.0, 1.0),
+            path: raw.decision_log.path.map(|p| base.join(p)),
+        };
 
         if self.diags.has_errors() {
             return Err(self.diags.sorted());
@@ -729,6 +831,13 @@ impl Checker<'_> {
             headers,
             upstreams,
             policies_dir,
+            reload_poll,
+            declared: crate::policy::lint::Declared {
+                plans: raw.policies.plans,
+                features: raw.policies.features,
+            },
+            admin_listen,
+            decision_log,
         })
     }
 }

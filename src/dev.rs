@@ -5,7 +5,6 @@
 //!
 //! The same issuer signs the tokens the integration tests use: real RS256 over a real key.
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -14,14 +13,10 @@ use aws_lc_rs::rand::SystemRandom;
 use aws_lc_rs::signature::{KeyPair, RsaKeyPair, RSA_PKCS1_SHA256};
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine;
-use bytes::Bytes;
-use http_body_util::Full;
-use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
 use serde_json::{json, Value};
 
 use crate::auth::verify::{unix_now, SESSION_TOKEN_CATEGORY};
+pub use crate::serve::{json_response, serve, Handler};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DevError {
@@ -173,42 +168,6 @@ impl DevIssuer {
 /// Where `portier dev` keeps its issuer key for `portier token`.
 pub fn state_file() -> PathBuf {
     std::env::temp_dir().join("portier-dev").join("issuer.json")
-}
-
-/// What a tiny loopback HTTP server answers.
-pub type Handler = Arc<dyn Fn(http::request::Parts) -> http::Response<Full<Bytes>> + Send + Sync>;
-
-/// Serves `handler` on `listener` until the task is dropped. Request bodies are ignored.
-pub async fn serve(listener: tokio::net::TcpListener, handler: Handler) {
-    loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            continue;
-        };
-        let handler = handler.clone();
-        tokio::spawn(async move {
-            let svc = service_fn(move |req: http::Request<Incoming>| {
-                let handler = handler.clone();
-                async move {
-                    let (parts, _body) = req.into_parts();
-                    Ok::<_, Infallible>(handler(parts))
-                }
-            });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), svc)
-                .await;
-        });
-    }
-}
-
-/// A JSON response.
-pub fn json_response(status: u16, body: &Value) -> http::Response<Full<Bytes>> {
-    let mut resp = http::Response::new(Full::new(Bytes::from(body.to_string())));
-    *resp.status_mut() = http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::OK);
-    resp.headers_mut().insert(
-        "content-type",
-        http::HeaderValue::from_static("application/json"),
-    );
-    resp
 }
 
 /// The echo upstream's answer: the method, path and headers it received.

@@ -4,15 +4,18 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Severity {
     Error,
     Warning,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Diagnostic {
     pub severity: Severity,
+    /// Stable finding code (`syntax`, `invalid`, `shadowed_route`, ...), for CI tooling.
+    pub code: &'static str,
     pub file: PathBuf,
     pub line: usize,
     pub col: usize,
@@ -32,6 +35,7 @@ impl Diagnostic {
         let (line, col) = line_col(src, offset);
         Diagnostic {
             severity: Severity::Error,
+            code: "invalid",
             file: file.to_path_buf(),
             line,
             col,
@@ -44,6 +48,7 @@ impl Diagnostic {
     pub fn file(file: &Path, key: impl Into<String>, message: impl Into<String>) -> Self {
         Diagnostic {
             severity: Severity::Error,
+            code: "io",
             file: file.to_path_buf(),
             line: 1,
             col: 1,
@@ -52,8 +57,31 @@ impl Diagnostic {
         }
     }
 
+    /// A diagnostic at the start of a known line.
+    pub fn line(
+        file: &Path,
+        line: usize,
+        key: impl Into<String>,
+        message: impl Into<String>,
+    ) -> Self {
+        Diagnostic {
+            severity: Severity::Error,
+            code: "invalid",
+            file: file.to_path_buf(),
+            line,
+            col: 1,
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+
     pub fn warning(mut self) -> Self {
         self.severity = Severity::Warning;
+        self
+    }
+
+    pub fn code(mut self, code: &'static str) -> Self {
+        self.code = code;
         self
     }
 }
@@ -66,13 +94,14 @@ impl fmt::Display for Diagnostic {
         };
         write!(
             f,
-            "{}:{}:{}: {}{}: {}",
+            "{}:{}:{}: {}{}: {} [{}]",
             self.file.display(),
             self.line,
             self.col,
             sev,
             self.key,
-            self.message
+            self.message,
+            self.code
         )
     }
 }
@@ -93,6 +122,15 @@ impl Diagnostics {
     }
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
+    }
+    pub fn errors(&self) -> usize {
+        self.0
+            .iter()
+            .filter(|d| d.severity == Severity::Error)
+            .count()
+    }
+    pub fn warnings(&self) -> usize {
+        self.0.len() - self.errors()
     }
     pub fn sorted(mut self) -> Self {
         self.0
@@ -137,7 +175,7 @@ pub fn from_toml_error(file: &Path, src: &str, err: &toml::de::Error) -> Diagnos
     } else {
         "toml".to_string()
     };
-    Diagnostic::at(file, src, span.start, key, err.message().trim().to_string())
+    Diagnostic::at(file, src, span.start, key, err.message().trim().to_string()).code("syntax")
 }
 
 #[cfg(test)]
@@ -156,6 +194,6 @@ mod tests {
     #[test]
     fn display_is_file_line_col_key_message() {
         let d = Diagnostic::at(Path::new("p.toml"), "x\ny", 2, "route.path", "bad");
-        assert_eq!(d.to_string(), "p.toml:2:1: route.path: bad");
+        assert_eq!(d.to_string(), "p.toml:2:1: route.path: bad [invalid]");
     }
 }

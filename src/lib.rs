@@ -5,10 +5,16 @@
 
 pub mod auth;
 pub mod config;
+pub mod decision_log;
 pub mod dev;
 pub mod diag;
 pub mod error;
+pub mod explain;
+pub mod guards;
 pub mod headers;
+pub mod metrics;
 pub mod path;
 pub mod policy;
 pub mod proxy;
+pub mod reload;
+pub mod serve;

@@ -10,8 +10,13 @@ use anyhow::{anyhow, Context};
 use clap::{Parser, Subcommand};
 use serde_json::{json, Value};
 
-use portier::config::Config;
+use portier::config::{Config, Credentials};
 use portier::dev::{self, DevIssuer};
+use portier::diag::Diagnostics;
+use portier::explain::{explain_request, ExplainAuth, ExplainRequest};
+use portier::headers::HeaderGuard;
+use portier::policy::lint::lint;
+use portier::policy::testing;
 use portier::policy::PolicySet;
 use portier::proxy;
 
@@ -26,6 +31,12 @@ struct Cli {
     cmd: Cmd,
 }
 
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Format {
+    Text,
+    Json,
+}
+
 #[derive(Subcommand)]
 enum Cmd {
     /// Run the proxy in the foreground.
@@ -33,10 +44,42 @@ enum Cmd {
         #[arg(short, long, default_value = "config.toml")]
         config: PathBuf,
     },
-    /// Validate the config and every policy file; print every error; exit 1 on any.
+    /// Validate the config and every policy file, and lint the policies; exit 1 on any error.
     Check {
         #[arg(short, long, default_value = "config.toml")]
         config: PathBuf,
+        #[arg(long, value_enum, default_value = "text")]
+        format: Format,
+        /// Treat warnings as errors.
+        #[arg(long)]
+        deny_warnings: bool,
+    },
+    /// Show how one request would be decided, check by check.
+    Explain {
+        #[arg(short, long, default_value = "config.toml")]
+        config: PathBuf,
+        method: String,
+        /// Path (and query) as the client sends it.
+        target: String,
+        /// Request header, `Name: value` (repeatable).
+        #[arg(short = 'H', long = "header")]
+        headers: Vec<String>,
+        /// A session token (sent as `Authorization: Bearer`; verified against the real JWKS).
+        #[arg(long, conflicts_with = "claims")]
+        token: Option<String>,
+        /// A JSON file of claims to use as the verified caller (no signature needed).
+        #[arg(long)]
+        claims: Option<PathBuf>,
+        #[arg(long, value_enum, default_value = "text")]
+        format: Format,
+    },
+    /// Run the policy tests (TOML cases in <policies>/tests); exit 1 on any failure.
+    Test {
+        #[arg(short, long, default_value = "config.toml")]
+        config: PathBuf,
+        /// Directory of test cases (default: the policies directory's tests/).
+        #[arg(long)]
+        cases: Option<PathBuf>,
     },
     /// Run Portier with a local issuer and an echo upstream, offline.
     Dev {
@@ -77,7 +120,21 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.cmd {
         Cmd::Run { config } => run(&config),
-        Cmd::Check { config } => return check(&config),
+        Cmd::Check {
+            config,
+            format,
+            deny_warnings,
+        } => return check(&config, format, deny_warnings),
+        Cmd::Test { config, cases } => return policy_test(&config, cases),
+        Cmd::Explain {
+            config,
+            method,
+            target,
+            headers,
+            token,
+            claims,
+            format,
+        } => explain(&config, &method, &target, &headers, token, claims, format),
         Cmd::Dev { listen, policies } => run_dev(listen, policies),
         Cmd::Token {
             sub,
@@ -97,35 +154,162 @@ fn main() -> ExitCode {
     }
 }
 
-fn check(config: &Path) -> ExitCode {
+fn print_diags(d: &Diagnostics, format: Format) {
+    match format {
+        Format::Text => eprint!("{d}"),
+        Format::Json => println!("{}", serde_json::to_string_pretty(&d.0).unwrap_or_default()),
+    }
+}
+
+fn check(config: &Path, format: Format, deny_warnings: bool) -> ExitCode {
     let cfg = match Config::load(config) {
         Ok(c) => c,
         Err(d) => {
-            eprint!("{d}");
+            print_diags(&d, format);
             return ExitCode::FAILURE;
         }
     };
-    match PolicySet::load_dir(&cfg.policies_dir, &cfg.upstream_names()) {
-        Ok(set) => {
-            println!(
-                "ok: {} and {} route(s) in {}",
-                config.display(),
-                set.routes.len(),
-                cfg.policies_dir.display()
-            );
-            ExitCode::SUCCESS
-        }
+    let set = match PolicySet::load_dir(&cfg.policies_dir, &cfg.upstream_names()) {
+        Ok(set) => set,
         Err(d) => {
-            eprint!("{d}");
+            print_diags(&d, format);
+            return ExitCode::FAILURE;
+        }
+    };
+    let findings = lint(&set, &cfg.declared).sorted();
+    print_diags(&findings, format);
+    let failed = findings.has_errors() || (deny_warnings && findings.warnings() > 0);
+    if format == Format::Text {
+        println!(
+            "{}: {} and {} route(s) in {}: {} error(s), {} warning(s)",
+            if failed { "failed" } else { "ok" },
+            config.display(),
+            set.routes.len(),
+            cfg.policies_dir.display(),
+            findings.errors(),
+            findings.warnings()
+        );
+    }
+    if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+fn policy_test(config: &Path, cases: Option<PathBuf>) -> ExitCode {
+    let result = (|| -> anyhow::Result<bool> {
+        let cfg = Config::load(config).map_err(|d| anyhow!("invalid config:\n{d}"))?;
+        let set = PolicySet::load_dir(&cfg.policies_dir, &cfg.upstream_names())
+            .map_err(|d| anyhow!("policies:\n{d}"))?;
+        let dir = cases.unwrap_or_else(|| cfg.policies_dir.join("tests"));
+        let sources = testing::load_cases(&dir).map_err(|d| anyhow!("{d}"))?;
+        let results = testing::run(&set, &sources).map_err(|d| anyhow!("test files:\n{d}"))?;
+        let mut failed = 0;
+        for r in &results {
+            match &r.failure {
+                None => println!("test {} ... ok", r.name),
+                Some(f) => {
+                    failed += 1;
+                    println!(
+                        "test {} ... FAILED\n  {}:{}: {f}",
+                        r.name,
+                        r.file.display(),
+                        r.line
+                    );
+                }
+            }
+        }
+        println!(
+            "\npolicies: {} passed, {} failed",
+            results.len() - failed,
+            failed
+        );
+        if results.is_empty() {
+            return Err(anyhow!("no policy test cases found in {}", dir.display()));
+        }
+        Ok(failed == 0)
+    })();
+    match result {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("portier: {e:#}");
             ExitCode::FAILURE
         }
     }
 }
 
+fn explain(
+    config: &Path,
+    method: &str,
+    target: &str,
+    headers: &[String],
+    token: Option<String>,
+    claims: Option<PathBuf>,
+    format: Format,
+) -> anyhow::Result<()> {
+    let cfg = Config::load(config).map_err(|d| anyhow!("invalid config:\n{d}"))?;
+    let set = PolicySet::load_dir(&cfg.policies_dir, &cfg.upstream_names())
+        .map_err(|d| anyhow!("policies:\n{d}"))?;
+    let mut hs: Vec<(String, String)> = headers
+        .iter()
+        .map(|h| {
+            h.split_once(':')
+                .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+                .ok_or_else(|| anyhow!("header {h:?} is not `Name: value`"))
+        })
+        .collect::<anyhow::Result<_>>()?;
+    if let Some(t) = token {
+        hs.push(("authorization".into(), format!("Bearer {t}")));
+    }
+    let auth = match claims {
+        Some(f) => {
+            let text =
+                std::fs::read_to_string(&f).with_context(|| format!("reading {}", f.display()))?;
+            let v: Value =
+                serde_json::from_str(&text).with_context(|| format!("parsing {}", f.display()))?;
+            ExplainAuth::Claims(
+                v.as_object()
+                    .cloned()
+                    .ok_or_else(|| anyhow!("{}: not a JSON object", f.display()))?,
+            )
+        }
+        None => ExplainAuth::FromRequest,
+    };
+    let verifier = proxy::build_verifier(&cfg)?;
+    let guard = HeaderGuard::new(&cfg.headers);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let request = ExplainRequest {
+        method,
+        target,
+        headers: &hs,
+        auth,
+    };
+    let report = rt.block_on(explain_request(
+        &set,
+        &verifier,
+        &guard,
+        |u| {
+            cfg.upstreams
+                .get(u)
+                .map_or(Credentials::Strip, |u| u.credentials)
+        },
+        request,
+    ))?;
+    match format {
+        Format::Text => print!("{}", report.render_text()),
+        Format::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+    }
+    Ok(())
+}
+
 fn run(config: &Path) -> anyhow::Result<()> {
     init_logging();
     let cfg = Config::load(config).map_err(|d| anyhow!("invalid config:\n{d}"))?;
-    let built = proxy::build_from_config(&cfg)?;
+    let built = proxy::build_from_config(&cfg, config)?;
     warm_keys(&built.gateway);
     log::info!("portier listening on {:?}", built.listen);
     built.server.run_forever()
@@ -138,7 +322,7 @@ fn warm_keys(gw: &proxy::Gateway) {
         .build();
     match rt {
         Ok(rt) => {
-            if let Err(e) = rt.block_on(gw.verifier.jwks.warm()) {
+            if let Err(e) = rt.block_on(gw.verifier().jwks.warm()) {
                 log::warn!("signing keys not loaded yet ({e}); requests will retry");
             }
         }
@@ -165,7 +349,11 @@ fn run_dev(listen: SocketAddr, policies: Option<PathBuf>) -> anyhow::Result<()> 
     }
     .map_err(|d| anyhow!("policies:\n{d}"))?;
     let verifier = proxy::build_verifier(&cfg)?;
-    let built = proxy::build(&cfg, set, verifier)?;
+    let sources = proxy::ReloadSources {
+        config: None,
+        policies_dir: policies.clone(),
+    };
+    let built = proxy::build(&cfg, set, verifier, sources)?;
     let pro = servers.issuer.token(&with_entitlements(
         servers
             .issuer

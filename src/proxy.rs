@@ -9,6 +9,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -30,9 +31,11 @@ use pingora::{Error, ErrorSource, ErrorType, Result};
 use crate::auth::jwks::{JwksCache, JwksError, JwksSource, KeySet};
 use crate::auth::{extract_token, Identity, Verifier};
 use crate::config::{Config, Credentials, HealthCheckKind, JwksSourceConfig, UpstreamConfig};
+use crate::decision_log::{rfc3339_now, DecisionLog, DecisionRecord};
 use crate::diag::Diagnostics;
 use crate::error::Reason;
 use crate::headers::{strip_clerk_cookies, HeaderGuard};
+use crate::metrics::Metrics;
 use crate::path::canonicalize;
 use crate::policy::{decide, Access, Authn, Decision, PolicySet, RequestFacts};
 
@@ -59,55 +62,146 @@ pub struct Upstream {
     lb: Arc<LoadBalancer<RoundRobin>>,
 }
 
+/// What a reload can replace: config-derived state swapped in whole, atomically.
+pub struct Live {
+    pub generation: u64,
+    pub config: Arc<Config>,
+    pub policies: Arc<PolicySet>,
+    pub verifier: Arc<Verifier>,
+    pub guard: Arc<HeaderGuard>,
+}
+
 /// Shared, long-lived state of the proxy.
 pub struct Gateway {
-    policies: ArcSwap<PolicySet>,
-    pub verifier: Arc<Verifier>,
+    live: ArcSwap<Live>,
     upstreams: HashMap<String, Arc<Upstream>>,
-    guard: HeaderGuard,
+    pub metrics: Metrics,
+    decision_log: DecisionLog,
+    /// Where reloads read from: the config file (None in `portier dev`) and policies directory
+    /// (None when policies are embedded).
+    pub(crate) config_path: Option<PathBuf>,
+    pub(crate) policies_dir: Option<PathBuf>,
+    pub(crate) reload_lock: tokio::sync::Mutex<()>,
 }
 
 impl Gateway {
+    /// The state new requests are decided by.
+    pub fn live(&self) -> Arc<Live> {
+        self.live.load_full()
+    }
+
     /// The policy set new requests are decided by.
     pub fn policies(&self) -> Arc<PolicySet> {
-        self.policies.load_full()
+        self.live().policies.clone()
     }
 
-    /// Atomically replaces the policy set; requests in flight keep the one they started with.
+    pub fn verifier(&self) -> Arc<Verifier> {
+        self.live().verifier.clone()
+    }
+
+    /// Names of the upstreams this process runs with (upstreams cannot change live).
+    pub fn upstream_names(&self) -> Vec<&str> {
+        self.upstreams.keys().map(String::as_str).collect()
+    }
+
+    /// Atomically installs new state; requests in flight keep the state they started with.
+    pub(crate) fn install(&self, live: Live) {
+        self.metrics.policy_generation.set(live.generation as i64);
+        self.live.store(Arc::new(live));
+    }
+
+    /// Replaces just the policy set (tests, embedded policies).
     pub fn swap_policies(&self, set: PolicySet) {
-        self.policies.store(Arc::new(set));
+        let cur = self.live();
+        self.install(Live {
+            generation: cur.generation + 1,
+            config: cur.config.clone(),
+            policies: Arc::new(set),
+            verifier: cur.verifier.clone(),
+            guard: cur.guard.clone(),
+        });
     }
 
-    /// Authenticates the request: the identity, or why there is none.
-    pub async fn authenticate(&self, req: &RequestHeader) -> Authn {
-        let settings = self.verifier.settings();
-        let found = extract_token(
-            req.headers
-                .get(http::header::AUTHORIZATION)
-                .map(|v| v.as_bytes()),
-            req.headers
-                .get_all(http::header::COOKIE)
-                .iter()
-                .map(|v| v.as_bytes()),
-            settings.cookie_suffix.as_deref(),
-        );
-        let Some((token, source)) = found else {
-            return Authn::SignedOut {
-                reason: Reason::TokenMissing,
-                source: None,
-            };
+    /// True when the gateway can decide requests: keys loaded and a policy set active.
+    pub fn ready(&self) -> bool {
+        self.live().verifier.jwks.has_keys()
+    }
+
+    pub fn render_metrics(&self) -> String {
+        self.metrics.render(&self.verifier())
+    }
+}
+
+/// Authenticates a request: the identity, or why there is none.
+pub async fn authenticate(verifier: &Verifier, req: &RequestHeader) -> Authn {
+    let settings = verifier.settings();
+    let found = extract_token(
+        req.headers
+            .get(http::header::AUTHORIZATION)
+            .map(|v| v.as_bytes()),
+        req.headers
+            .get_all(http::header::COOKIE)
+            .iter()
+            .map(|v| v.as_bytes()),
+        settings.cookie_suffix.as_deref(),
+    );
+    let Some((token, source)) = found else {
+        return Authn::SignedOut {
+            reason: Reason::TokenMissing,
+            source: None,
         };
-        match self.verifier.verify(token).await {
-            Ok(id) => Authn::SignedIn(id),
-            Err(e) => {
-                log::debug!("token refused ({:?}): {e}", source);
-                Authn::SignedOut {
-                    reason: e.reason(),
-                    source: Some(source),
-                }
+    };
+    match verifier.verify(token).await {
+        Ok(id) => Authn::SignedIn(id),
+        Err(e) => {
+            log::debug!("token refused ({source:?}): {e}");
+            Authn::SignedOut {
+                reason: e.reason(),
+                source: Some(source),
             }
         }
     }
+}
+
+/// Rewrites an allowed request for its upstream: the spoofable identity headers and
+/// `x-middleware-subrequest` go, credentials go unless the upstream takes them, and the
+/// caller's identity headers come in. The proxy and `portier explain` both call this.
+pub fn prepare_upstream_headers(
+    req: &mut RequestHeader,
+    guard: &HeaderGuard,
+    credentials: Credentials,
+    identity: Option<&Identity>,
+) -> Result<()> {
+    let spoofable: Vec<http::HeaderName> = req
+        .headers
+        .keys()
+        .filter(|n| guard.is_protected(n.as_str()))
+        .cloned()
+        .collect();
+    for name in spoofable {
+        req.remove_header(&name);
+    }
+    if credentials == Credentials::Strip {
+        req.remove_header(&http::header::AUTHORIZATION);
+        let cookies: Vec<String> = req
+            .headers
+            .get_all(http::header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok().map(str::to_string))
+            .collect();
+        if !cookies.is_empty() {
+            req.remove_header(&http::header::COOKIE);
+            if let Some(kept) = strip_clerk_cookies(&cookies.join("; ")) {
+                req.insert_header(http::header::COOKIE, kept)?;
+            }
+        }
+    }
+    if let Some(id) = identity {
+        for (name, value) in guard.identity_headers(id) {
+            req.insert_header(name.to_string(), value)?;
+        }
+    }
+    Ok(())
 }
 
 /// Builds the verifier for a config, resolving the secrets it names.
@@ -147,8 +241,9 @@ pub struct Ctx {
     started: Option<Instant>,
     /// The canonical path plus the original query: what is forwarded.
     forward: Option<http::Uri>,
-    policies: Option<Arc<PolicySet>>,
+    live: Option<Arc<Live>>,
     route: Option<usize>,
+    shadow: Option<Reason>,
     upstream: Option<Arc<Upstream>>,
     identity: Option<Arc<Identity>>,
     reason: Option<Reason>,
@@ -166,7 +261,8 @@ fn has_body(req: &RequestHeader) -> bool {
             .is_some_and(|v| v.as_bytes() != b"0")
 }
 
-fn is_navigation(req: &RequestHeader) -> bool {
+/// A browser page navigation: GET/HEAD with `Sec-Fetch-Mode: navigate` or `Accept: text/html`.
+pub fn is_navigation(req: &RequestHeader) -> bool {
     let m = &req.method;
     if m != http::Method::GET && m != http::Method::HEAD {
         return false;
@@ -229,7 +325,8 @@ impl ProxyHttp for Portier {
                 return Ok(true);
             }
         };
-        let policies = gw.policies();
+        let live = gw.live();
+        let policies = &live.policies;
         let method = req.method.as_str();
         let route = match policies.lookup(method, &canonical) {
             Ok(m) => m,
@@ -237,6 +334,7 @@ impl ProxyHttp for Portier {
                 let allow = (reason == Reason::MethodNotAllowed)
                     .then(|| policies.allowed_methods(&canonical).join(", "));
                 ctx.reason = Some(reason);
+                ctx.live = Some(live.clone());
                 send_error(session, reason, allow).await?;
                 return Ok(true);
             }
@@ -252,13 +350,13 @@ impl ProxyHttp for Portier {
                 source: None,
             }
         } else {
-            gw.authenticate(req).await
+            authenticate(&live.verifier, req).await
         };
         let facts = RequestFacts {
             method,
             navigation: is_navigation(req),
         };
-        let (_, decision) = decide(&policies, &canonical, &facts, &authn);
+        let (_, decision) = decide(policies, &canonical, &facts, &authn);
         ctx.route = Some(route_index);
         let upstream = gw.upstreams.get(&route_def.upstream).cloned();
         let forward = match req.uri.query() {
@@ -271,13 +369,14 @@ impl ProxyHttp for Portier {
                     ctx.identity = Some(id);
                 }
                 ctx.reason = Some(reason);
-                ctx.policies = Some(policies);
+                ctx.live = Some(live.clone());
                 send_error(session, reason, None).await?;
                 Ok(true)
             }
             Decision::Allow {
                 identity,
                 signed_out_page,
+                shadow,
             } => {
                 let Some(upstream) = upstream else {
                     // Policies are checked against the config's upstreams at load; this is a bug.
@@ -294,8 +393,9 @@ impl ProxyHttp for Portier {
                 })?);
                 ctx.identity = identity;
                 ctx.signed_out_page = signed_out_page;
+                ctx.shadow = shadow;
                 ctx.upstream = Some(upstream);
-                ctx.policies = Some(policies);
+                ctx.live = Some(live.clone());
                 Ok(false)
             }
         }
@@ -323,43 +423,23 @@ impl ProxyHttp for Portier {
         upstream_request: &mut RequestHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        let guard = &self.0.guard;
         if let Some(uri) = ctx.forward.take() {
             upstream_request.set_uri(uri);
         }
-        let spoofable: Vec<http::HeaderName> = upstream_request
-            .headers
-            .keys()
-            .filter(|n| guard.is_protected(n.as_str()))
-            .cloned()
-            .collect();
-        for name in spoofable {
-            upstream_request.remove_header(&name);
-        }
-        let strip = ctx
+        let credentials = ctx
             .upstream
             .as_ref()
-            .is_none_or(|u| u.config.credentials == Credentials::Strip);
-        if strip {
-            upstream_request.remove_header(&http::header::AUTHORIZATION);
-            let cookies: Vec<String> = upstream_request
-                .headers
-                .get_all(http::header::COOKIE)
-                .iter()
-                .filter_map(|v| v.to_str().ok().map(str::to_string))
-                .collect();
-            if !cookies.is_empty() {
-                upstream_request.remove_header(&http::header::COOKIE);
-                if let Some(kept) = strip_clerk_cookies(&cookies.join("; ")) {
-                    upstream_request.insert_header(http::header::COOKIE, kept)?;
-                }
-            }
-        }
-        if let Some(id) = &ctx.identity {
-            for (name, value) in guard.identity_headers(id) {
-                upstream_request.insert_header(name.to_string(), value)?;
-            }
-        }
+            .map_or(Credentials::Strip, |u| u.config.credentials);
+        let guard = match &ctx.live {
+            Some(live) => live.guard.clone(),
+            None => self.0.live().guard.clone(),
+        };
+        prepare_upstream_headers(
+            upstream_request,
+            &guard,
+            credentials,
+            ctx.identity.as_deref(),
+        )?;
         if let Some(addr) = session.client_addr().and_then(PingoraAddr::as_inet) {
             let ip = addr.ip().to_string();
             let xff = match upstream_request
@@ -390,6 +470,18 @@ impl ProxyHttp for Portier {
         let code = match (reason, e.etype()) {
             (Some(r), _) => {
                 log::warn!("request failed: {e}");
+                if let Some(up) = &ctx.upstream {
+                    let kind = if r == Reason::UpstreamTimeout {
+                        "timeout"
+                    } else {
+                        "unavailable"
+                    };
+                    self.0
+                        .metrics
+                        .upstream_errors
+                        .with_label_values(&[up.config.name.as_str(), kind])
+                        .inc();
+                }
                 ctx.reason = Some(r);
                 if let Err(err) = send_error(session, r, None).await {
                     log::debug!("could not send error response: {err}");
@@ -409,31 +501,72 @@ impl ProxyHttp for Portier {
     }
 
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Ctx) {
-        if !log::log_enabled!(target: "portier::access", log::Level::Info) {
-            return;
-        }
+        let gw = &self.0;
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
         let route = ctx
-            .policies
+            .live
             .as_ref()
             .zip(ctx.route)
-            .and_then(|(p, i)| p.routes.get(i))
+            .and_then(|(l, i)| l.policies.routes.get(i))
             .map(|r| r.name.as_str());
+        let route_label = route.unwrap_or("-");
+        let denied = ctx.reason.is_some_and(|r| r.status() < 500);
+        let decision = match (denied, ctx.reason, ctx.shadow) {
+            (true, _, _) => "deny",
+            (false, Some(_), _) => "error",
+            (false, None, Some(_)) => "shadow_deny",
+            (false, None, None) => "allow",
+        };
+        let reason = ctx.reason.map_or("-", Reason::code);
+        gw.metrics
+            .requests
+            .with_label_values(&[route_label, decision, reason])
+            .inc();
+        let elapsed = ctx.started.map(|s| s.elapsed()).unwrap_or_default();
+        gw.metrics
+            .latency
+            .with_label_values(&[route_label])
+            .observe(elapsed.as_secs_f64());
+        if let Some(sr) = ctx.shadow {
+            gw.metrics
+                .shadow_denials
+                .with_label_values(&[route_label, sr.code()])
+                .inc();
+            log::info!(
+                "shadow rule on route {route_label} would refuse: {}",
+                sr.code()
+            );
+        }
+        if let Some(up) = &ctx.upstream {
+            let name = up.config.name.as_str();
+            gw.metrics
+                .upstream_bytes
+                .with_label_values(&[name, "sent"])
+                .inc_by(session.upstream_body_bytes_sent().unwrap_or(0) as u64);
+            gw.metrics
+                .upstream_bytes
+                .with_label_values(&[name, "received"])
+                .inc_by(session.upstream_body_bytes_received() as u64);
+        }
+        if !gw.decision_log.wants(denied || ctx.shadow.is_some()) {
+            return;
+        }
         let req = session.req_header();
-        let line = serde_json::json!({
-            "method": req.method.as_str(),
-            // The canonical form when known; never the query (it may carry signatures).
-            "path": canonicalize(req.uri.path()).ok(),
-            "route": route,
-            "status": status,
-            "decision": if ctx.reason.is_some_and(|r| r.status() < 500) { "deny" } else { "allow" },
-            "reason": ctx.reason.map(Reason::code),
-            "user_id": ctx.identity.as_ref().map(|i| i.user_id.as_str()),
-            "signed_out_page": ctx.signed_out_page,
-            "upstream": ctx.upstream.as_ref().map(|u| u.config.name.as_str()),
-            "latency_us": ctx.started.map(|s| s.elapsed().as_micros() as u64),
+        let path = canonicalize(req.uri.path()).ok();
+        gw.decision_log.write(&DecisionRecord {
+            ts: rfc3339_now(),
+            method: req.method.as_str(),
+            path: path.as_deref(),
+            route,
+            decision,
+            reason: ctx.reason.map(Reason::code),
+            shadow_reason: ctx.shadow.map(Reason::code),
+            user_id: ctx.identity.as_ref().map(|i| i.user_id.as_str()),
+            status,
+            upstream: ctx.upstream.as_ref().map(|u| u.config.name.as_str()),
+            latency_us: elapsed.as_micros() as u64,
+            policy_generation: ctx.live.as_ref().map_or(0, |l| l.generation),
         });
-        log::info!(target: "portier::access", "{line}");
     }
 }
 
@@ -493,8 +626,20 @@ pub struct Built {
     pub listen: Vec<SocketAddr>,
 }
 
+/// How the server finds its inputs again on reload.
+#[derive(Debug, Clone, Default)]
+pub struct ReloadSources {
+    pub config: Option<PathBuf>,
+    pub policies_dir: Option<PathBuf>,
+}
+
 /// Builds the Pingora server for a config and a compiled policy set.
-pub fn build(cfg: &Config, policies: PolicySet, verifier: Verifier) -> Result<Built, StartError> {
+pub fn build(
+    cfg: &Config,
+    policies: PolicySet,
+    verifier: Verifier,
+    sources: ReloadSources,
+) -> Result<Built, StartError> {
     let conf = ServerConf {
         threads: cfg.server.threads,
         grace_period_seconds: Some(cfg.server.grace_period.as_secs()),
@@ -507,18 +652,47 @@ pub fn build(cfg: &Config, policies: PolicySet, verifier: Verifier) -> Result<Bu
     for (name, u) in &cfg.upstreams {
         upstreams.insert(name.clone(), build_upstream(u, &mut server)?);
     }
+    let metrics = Metrics::new().map_err(|e| StartError::Pingora(e.to_string()))?;
+    let decision_log =
+        DecisionLog::open(&cfg.decision_log).map_err(|e| StartError::Pingora(e.to_string()))?;
     let gateway = Arc::new(Gateway {
-        policies: ArcSwap::from_pointee(policies),
-        verifier: Arc::new(verifier),
+        live: ArcSwap::from_pointee(Live {
+            generation: 1,
+            config: Arc::new(cfg.clone()),
+            policies: Arc::new(policies),
+            verifier: Arc::new(verifier),
+            guard: Arc::new(HeaderGuard::new(&cfg.headers)),
+        }),
         upstreams,
-        guard: HeaderGuard::new(&cfg.headers),
+        metrics,
+        decision_log,
+        config_path: sources.config,
+        policies_dir: sources.policies_dir,
+        reload_lock: tokio::sync::Mutex::new(()),
     });
+    gateway.metrics.policy_generation.set(1);
     let mut svc =
         pingora::proxy::http_proxy_service(&server.configuration, Portier(gateway.clone()));
     for addr in &cfg.server.listen {
         svc.add_tcp(&addr.to_string());
     }
     server.add_service(svc);
+    server.add_service(background_service(
+        "policy reloader",
+        crate::reload::Reloader {
+            gateway: gateway.clone(),
+            poll: cfg.reload_poll,
+        },
+    ));
+    if let Some(addr) = cfg.admin_listen {
+        server.add_service(background_service(
+            "admin",
+            crate::reload::Admin {
+                gateway: gateway.clone(),
+                addr,
+            },
+        ));
+    }
     Ok(Built {
         server,
         gateway,
@@ -526,12 +700,16 @@ pub fn build(cfg: &Config, policies: PolicySet, verifier: Verifier) -> Result<Bu
     })
 }
 
-/// Loads policies and keys for `cfg` and builds the server.
-pub fn build_from_config(cfg: &Config) -> Result<Built, StartError> {
+/// Loads policies and keys for `cfg` (read from `path`) and builds the server.
+pub fn build_from_config(cfg: &Config, path: &std::path::Path) -> Result<Built, StartError> {
     let policies = PolicySet::load_dir(&cfg.policies_dir, &cfg.upstream_names())
         .map_err(StartError::Policies)?;
     let verifier = build_verifier(cfg)?;
-    build(cfg, policies, verifier)
+    let sources = ReloadSources {
+        config: Some(path.to_path_buf()),
+        policies_dir: Some(cfg.policies_dir.clone()),
+    };
+    build(cfg, policies, verifier, sources)
 }
 
 /// Runs a built server on its own thread until the handle is used; for tests and `dev`.

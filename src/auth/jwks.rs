@@ -132,7 +132,7 @@ pub enum JwksSource {
 }
 
 /// Timing knobs of the cache.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct JwksTiming {
     pub ttl: Duration,
     pub unknown_kid_cooldown: Duration,

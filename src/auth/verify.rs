@@ -3,6 +3,7 @@
 //! token is cached by its full text until its `exp`, so a repeated token costs one hash lookup
 //! and no RSA work.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -28,7 +29,7 @@ pub enum MissingAzp {
 }
 
 /// Checked verification settings (built from `config.toml`).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct VerifierSettings {
     /// Exact expected `iss`.
     pub issuer: String,
@@ -139,6 +140,9 @@ pub struct Verifier {
     validation: Validation,
     pub jwks: JwksCache,
     cache: moka::sync::Cache<String, Arc<Identity>>,
+    /// Verified-token cache hits and misses (full verifications), for metrics.
+    pub cache_hits: AtomicU64,
+    pub cache_misses: AtomicU64,
 }
 
 impl Verifier {
@@ -159,6 +163,8 @@ impl Verifier {
             validation,
             jwks,
             cache,
+            cache_hits: AtomicU64::new(0),
+            cache_misses: AtomicU64::new(0),
         }
     }
 
@@ -183,8 +189,10 @@ impl Verifier {
             return Err(VerifyError::TooLarge(token.len()));
         }
         if let Some(id) = self.cached(token) {
+            self.cache_hits.fetch_add(1, Ordering::Relaxed);
             return Ok(id);
         }
+        self.cache_misses.fetch_add(1, Ordering::Relaxed);
         let id = Arc::new(self.verify_uncached(token).await?);
         self.cache.insert(token.to_string(), id.clone());
         Ok(id)

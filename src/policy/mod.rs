@@ -4,7 +4,9 @@
 //! Deny by default: a path no route matches is refused, a route is signed-in unless it says
 //! `access = "public"`, and every requirement a route lists must hold.
 
+pub mod lint;
 pub mod router;
+pub mod testing;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -39,6 +41,10 @@ struct RawRoute {
     #[serde(default)]
     access: Option<Access>,
     #[serde(default)]
+    mode: Option<Mode>,
+    #[serde(default)]
+    page: bool,
+    #[serde(default)]
     plan: Option<Spanned<Vec<String>>>,
     #[serde(default)]
     feature: Option<Spanned<Vec<String>>>,
@@ -49,7 +55,25 @@ struct RawRoute {
     #[serde(default)]
     owner: Option<Spanned<String>>,
     #[serde(default)]
-    page: bool,
+    claims: Option<Spanned<BTreeMap<String, toml::Value>>>,
+    /// Requirements evaluated and logged but not enforced.
+    #[serde(default)]
+    shadow: Option<Spanned<RawRequirements>>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawRequirements {
+    #[serde(default)]
+    plan: Option<Spanned<Vec<String>>>,
+    #[serde(default)]
+    feature: Option<Spanned<Vec<String>>>,
+    #[serde(default)]
+    org_role: Option<Spanned<Vec<String>>>,
+    #[serde(default)]
+    org_permission: Option<Spanned<Vec<String>>>,
+    #[serde(default)]
+    owner: Option<Spanned<String>>,
     #[serde(default)]
     claims: Option<Spanned<BTreeMap<String, toml::Value>>>,
 }
@@ -62,6 +86,14 @@ pub enum Access {
     Public,
     /// A verified session token is required (the default).
     SignedIn,
+}
+
+/// Whether a route's rules are enforced or only evaluated and logged (a dry run).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    Enforce,
+    Shadow,
 }
 
 // === compiled form ===
@@ -92,6 +124,81 @@ impl MethodSet {
             .map(|(_, m)| *m)
             .collect()
     }
+    /// True when the set has a method that changes state.
+    pub fn has_writes(self) -> bool {
+        ["POST", "PUT", "PATCH", "DELETE"]
+            .iter()
+            .any(|m| self.contains(m))
+    }
+}
+
+/// One rule a signed-in caller must satisfy.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Requirement {
+    /// The parameter at this index must be the caller's user id (a tail: start with it + `/`).
+    Owner { param: usize, tail: bool },
+    /// Any of these plans (Clerk `has({ plan })`).
+    Plan(Vec<String>),
+    /// Any of these features.
+    Feature(Vec<String>),
+    /// Any of these org roles.
+    OrgRole(Vec<String>),
+    /// Any of these org permissions.
+    OrgPermission(Vec<String>),
+    /// A claim (dotted path) equal to a value.
+    Claim(String, Value),
+}
+
+impl Requirement {
+    /// The reason a caller who fails this requirement gets.
+    pub fn reason(&self) -> Reason {
+        match self {
+            Requirement::Owner { .. } => Reason::NotOwner,
+            Requirement::Plan(_) => Reason::PlanRequired,
+            Requirement::Feature(_) => Reason::FeatureRequired,
+            Requirement::OrgRole(_) => Reason::OrgRoleRequired,
+            Requirement::OrgPermission(_) => Reason::OrgPermissionRequired,
+            Requirement::Claim(..) => Reason::ClaimMismatch,
+        }
+    }
+
+    /// Whether `id` satisfies this requirement for the matched path.
+    pub fn holds(&self, id: &Identity, path: &str, params: &[Span]) -> bool {
+        match self {
+            Requirement::Owner { param, tail } => {
+                let (s, e) = params.get(*param).copied().unwrap_or((0, 0));
+                let value = path.get(s..e).unwrap_or("");
+                let uid = id.user_id.as_str();
+                if *tail {
+                    value
+                        .strip_prefix(uid)
+                        .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+                } else {
+                    value == uid
+                }
+            }
+            Requirement::Plan(p) => p.iter().any(|p| id.has_plan(p)),
+            Requirement::Feature(f) => f.iter().any(|f| id.has_feature(f)),
+            Requirement::OrgRole(r) => r.iter().any(|r| id.has_role(r)),
+            Requirement::OrgPermission(p) => p.iter().any(|p| id.has_permission(p)),
+            Requirement::Claim(k, v) => id.claim(k) == Some(v),
+        }
+    }
+
+    /// A one-line description for `explain` and lints.
+    pub fn describe(&self, params: &[String]) -> String {
+        match self {
+            Requirement::Owner { param, .. } => format!(
+                "owner: {{{}}} is the caller's user id",
+                params.get(*param).map(String::as_str).unwrap_or("?")
+            ),
+            Requirement::Plan(p) => format!("plan: any of {}", p.join(", ")),
+            Requirement::Feature(f) => format!("feature: any of {}", f.join(", ")),
+            Requirement::OrgRole(r) => format!("org_role: any of {}", r.join(", ")),
+            Requirement::OrgPermission(p) => format!("org_permission: any of {}", p.join(", ")),
+            Requirement::Claim(k, v) => format!("claim: {k} = {v}"),
+        }
+    }
 }
 
 /// A compiled route.
@@ -104,17 +211,14 @@ pub struct Route {
     pub methods: MethodSet,
     pub upstream: String,
     pub access: Access,
-    pub plans: Vec<String>,
-    pub features: Vec<String>,
-    pub org_roles: Vec<String>,
-    pub org_permissions: Vec<String>,
-    /// Index into the route's parameters of the one that must be the caller's user id.
-    pub owner: Option<usize>,
-    /// Whether the owner parameter is a tail (`user_x/...` prefix) rather than one segment.
-    pub owner_is_tail: bool,
+    pub mode: Mode,
     pub page: bool,
-    pub claims: Vec<(String, Value)>,
+    /// Enforced requirements, in evaluation order.
+    pub requires: Vec<Requirement>,
+    /// Requirements only evaluated and logged.
+    pub shadow: Vec<Requirement>,
     pub params: Vec<String>,
+    pub(crate) segs: Vec<PatSeg>,
 }
 
 /// Every route of every policy file, and the router over them. Immutable once built; a reload
@@ -137,37 +241,8 @@ impl PolicySet {
     /// Loads and compiles every `*.toml` in `dir`. `upstreams` are the names declared in the
     /// config; a route naming another is an error. All problems are reported at once.
     pub fn load_dir(dir: &Path, upstreams: &[&str]) -> Result<PolicySet, Diagnostics> {
-        let mut diags = Diagnostics::default();
-        let mut files: Vec<PathBuf> = match std::fs::read_dir(dir) {
-            Ok(rd) => rd
-                .filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|p| p.extension().is_some_and(|x| x == "toml"))
-                .collect(),
-            Err(e) => {
-                diags.push(Diagnostic::file(
-                    dir,
-                    "policies.dir",
-                    format!("cannot read: {e}"),
-                ));
-                return Err(diags);
-            }
-        };
-        files.sort();
-        let mut sources = Vec::new();
-        for f in files {
-            match std::fs::read_to_string(&f) {
-                Ok(s) => sources.push((f, s)),
-                Err(e) => diags.push(Diagnostic::file(&f, "file", format!("cannot read: {e}"))),
-            }
-        }
-        match Self::compile(&sources, upstreams) {
-            Ok(set) if !diags.has_errors() => Ok(set),
-            Ok(_) => Err(diags),
-            Err(more) => {
-                diags.extend(more);
-                Err(diags.sorted())
-            }
-        }
+        let sources = read_dir_sources(dir)?;
+        Self::compile(&sources, upstreams)
     }
 
     /// Compiles policy sources (`(file name, text)`), collecting every error.
@@ -187,13 +262,17 @@ impl PolicySet {
                 }
             };
             for r in raw.route {
-                if let Some(route) = compile_route(file, src, r, upstreams, &mut diags) {
-                    let (route, segs, path_span) = route;
-                    if let Some((f, l)) = names.get(&route.name) {
-                        diags.push(Diagnostic::at(
+                let Some((route, (name_at, path_at))) =
+                    compile_route(file, src, r, upstreams, &mut diags)
+                else {
+                    continue;
+                };
+                if let Some((f, l)) = names.get(&route.name) {
+                    diags.push(
+                        Diagnostic::at(
                             file,
                             src,
-                            path_span.0,
+                            name_at,
                             "route.name",
                             format!(
                                 "duplicate route name {:?} (first at {}:{})",
@@ -201,21 +280,24 @@ impl PolicySet {
                                 f.display(),
                                 l
                             ),
-                        ));
-                        continue;
-                    }
-                    names.insert(route.name.clone(), (file.clone(), route.line));
-                    let idx = set.routes.len();
-                    let slot = set.router.slot(&segs);
-                    if let Some(&other) = slot
-                        .iter()
-                        .find(|&&o| set.routes[o].methods.overlaps(route.methods))
-                    {
-                        let o = &set.routes[other];
-                        diags.push(Diagnostic::at(
+                        )
+                        .code("duplicate_name"),
+                    );
+                    continue;
+                }
+                names.insert(route.name.clone(), (file.clone(), route.line));
+                let idx = set.routes.len();
+                let slot = set.router.slot(&route.segs);
+                if let Some(&other) = slot
+                    .iter()
+                    .find(|&&o| set.routes[o].methods.overlaps(route.methods))
+                {
+                    let o = &set.routes[other];
+                    diags.push(
+                        Diagnostic::at(
                             file,
                             src,
-                            path_span.1,
+                            path_at,
                             "route.path",
                             format!(
                                 "ambiguous: {:?} matches the same paths and methods as route {:?} ({}:{})",
@@ -224,12 +306,13 @@ impl PolicySet {
                                 o.file.display(),
                                 o.line
                             ),
-                        ));
-                        continue;
-                    }
-                    slot.push(idx);
-                    set.routes.push(route);
+                        )
+                        .code("ambiguous_route"),
+                    );
+                    continue;
                 }
+                slot.push(idx);
+                set.routes.push(route);
             }
         }
         if diags.has_errors() {
@@ -239,7 +322,7 @@ impl PolicySet {
         }
     }
 
-    /// The most specific route for a canonical path, regardless of method.
+    /// The most specific route for a canonical path that allows `method`.
     pub fn lookup<'a>(&'a self, method: &str, path: &str) -> Result<RouteMatch<'a>, Reason> {
         let mut params = Vec::new();
         let slot = self
@@ -269,9 +352,164 @@ impl PolicySet {
         }
         set.names()
     }
+
+    /// The route index a lookup would pick, if any (for lints).
+    pub fn winner(&self, method: &str, path: &str) -> Option<usize> {
+        self.lookup(method, path).ok().map(|m| m.index)
+    }
 }
 
-type Compiled = (Route, Vec<PatSeg>, (usize, usize));
+/// Reads every `*.toml` directly in `dir` (not subdirectories: `tests/` holds policy tests).
+pub fn read_dir_sources(dir: &Path) -> Result<Vec<(PathBuf, String)>, Diagnostics> {
+    let mut diags = Diagnostics::default();
+    let mut files: Vec<PathBuf> = match std::fs::read_dir(dir) {
+        Ok(rd) => rd
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.is_file() && p.extension().is_some_and(|x| x == "toml"))
+            .collect(),
+        Err(e) => {
+            diags.push(Diagnostic::file(
+                dir,
+                "policies.dir",
+                format!("cannot read: {e}"),
+            ));
+            return Err(diags);
+        }
+    };
+    files.sort();
+    let mut sources = Vec::new();
+    for f in files {
+        match std::fs::read_to_string(&f) {
+            Ok(s) => sources.push((f, s)),
+            Err(e) => diags.push(Diagnostic::file(&f, "file", format!("cannot read: {e}"))),
+        }
+    }
+    if diags.has_errors() {
+        Err(diags)
+    } else {
+        Ok(sources)
+    }
+}
+
+struct Ctx<'a> {
+    file: &'a Path,
+    src: &'a str,
+    pattern: &'a str,
+    params: &'a [String],
+    segs: &'a [PatSeg],
+}
+
+impl Ctx<'_> {
+    fn err(&self, diags: &mut Diagnostics, at: usize, key: &str, msg: String) {
+        diags.push(Diagnostic::at(self.file, self.src, at, key, msg));
+    }
+
+    fn list(
+        &self,
+        diags: &mut Diagnostics,
+        v: Option<Spanned<Vec<String>>>,
+        key: &str,
+    ) -> Option<Vec<String>> {
+        let v = v?;
+        let at = v.span().start;
+        let v = v.into_inner();
+        if v.is_empty() || v.iter().any(|s| s.trim().is_empty()) {
+            self.err(
+                diags,
+                at,
+                key,
+                "must list one or more non-empty names".into(),
+            );
+        }
+        Some(v)
+    }
+
+    /// Converts one set of requirement fields (the route's own, or its `shadow` table).
+    #[allow(clippy::too_many_arguments)]
+    fn requirements(
+        &self,
+        diags: &mut Diagnostics,
+        prefix: &str,
+        owner: Option<Spanned<String>>,
+        plan: Option<Spanned<Vec<String>>>,
+        feature: Option<Spanned<Vec<String>>>,
+        org_role: Option<Spanned<Vec<String>>>,
+        org_permission: Option<Spanned<Vec<String>>>,
+        claims: Option<Spanned<BTreeMap<String, toml::Value>>>,
+    ) -> (Vec<Requirement>, Option<usize>) {
+        let mut out = Vec::new();
+        let mut first_at = None;
+        let mut note = |at: usize| {
+            first_at.get_or_insert(at);
+        };
+        if let Some(o) = owner {
+            let at = o.span().start;
+            note(at);
+            let o = o.into_inner();
+            match self.params.iter().position(|p| *p == o) {
+                Some(i) => out.push(Requirement::Owner {
+                    param: i,
+                    tail: matches!(self.segs.last(), Some(PatSeg::Tail(t)) if *t == o),
+                }),
+                None => self.err(
+                    diags,
+                    at,
+                    &format!("{prefix}owner"),
+                    format!("{o:?} is not a parameter of {:?}", self.pattern),
+                ),
+            }
+        }
+        for (field, v, make) in [
+            (
+                "plan",
+                plan,
+                Requirement::Plan as fn(Vec<String>) -> Requirement,
+            ),
+            ("feature", feature, Requirement::Feature),
+            ("org_role", org_role, Requirement::OrgRole),
+            ("org_permission", org_permission, Requirement::OrgPermission),
+        ] {
+            if let Some(v) = &v {
+                note(v.span().start);
+            }
+            if let Some(list) = self.list(diags, v, &format!("{prefix}{field}")) {
+                out.push(make(list));
+            }
+        }
+        if let Some(c) = claims {
+            let at = c.span().start;
+            note(at);
+            for (k, v) in c.into_inner() {
+                let v = match v {
+                    toml::Value::String(s) => Value::String(s),
+                    toml::Value::Integer(i) => Value::from(i),
+                    toml::Value::Boolean(b) => Value::Bool(b),
+                    _ => {
+                        self.err(
+                            diags,
+                            at,
+                            &format!("{prefix}claims"),
+                            format!(
+                                "claim {k:?}: only strings, integers and booleans can be compared"
+                            ),
+                        );
+                        continue;
+                    }
+                };
+                if k.is_empty() || k.split('.').any(str::is_empty) {
+                    self.err(
+                        diags,
+                        at,
+                        &format!("{prefix}claims"),
+                        format!("claim path {k:?} is not a dotted path"),
+                    );
+                }
+                out.push(Requirement::Claim(k, v));
+            }
+        }
+        (out, first_at)
+    }
+}
 
 fn compile_route(
     file: &Path,
@@ -279,7 +517,7 @@ fn compile_route(
     r: RawRoute,
     upstreams: &[&str],
     diags: &mut Diagnostics,
-) -> Option<Compiled> {
+) -> Option<(Route, (usize, usize))> {
     let before = diags.0.len();
     let err = |diags: &mut Diagnostics, at: usize, key: &str, msg: String| {
         diags.push(Diagnostic::at(file, src, at, key, msg));
@@ -338,109 +576,63 @@ fn compile_route(
     let up_at = r.upstream.span().start;
     let upstream = r.upstream.into_inner();
     if !upstreams.contains(&upstream.as_str()) {
-        err(
-            diags,
-            up_at,
-            "route.upstream",
-            format!(
-                "unknown upstream {upstream:?} (config declares: {})",
-                upstreams.join(", ")
-            ),
+        diags.push(
+            Diagnostic::at(
+                file,
+                src,
+                up_at,
+                "route.upstream",
+                format!(
+                    "unknown upstream {upstream:?} (config declares: {})",
+                    upstreams.join(", ")
+                ),
+            )
+            .code("unknown_upstream"),
         );
     }
     let access = r.access.unwrap_or(Access::SignedIn);
-    let list =
-        |diags: &mut Diagnostics, v: Option<Spanned<Vec<String>>>, key: &str| -> Vec<String> {
-            let Some(v) = v else { return Vec::new() };
-            let at = v.span().start;
-            let v = v.into_inner();
-            if v.is_empty() || v.iter().any(|s| s.trim().is_empty()) {
-                diags.push(Diagnostic::at(
-                    file,
-                    src,
-                    at,
-                    key,
-                    "must list one or more non-empty names",
-                ));
-            }
-            if access == Access::Public {
-                diags.push(Diagnostic::at(
-                    file,
-                    src,
-                    at,
-                    key,
-                    "a public route cannot have requirements",
-                ));
-            }
-            v
-        };
-    let plans = list(diags, r.plan, "route.plan");
-    let features = list(diags, r.feature, "route.feature");
-    let org_roles = list(diags, r.org_role, "route.org_role");
-    let org_permissions = list(diags, r.org_permission, "route.org_permission");
-    let mut owner = None;
-    let mut owner_is_tail = false;
-    if let Some(o) = r.owner {
-        let at = o.span().start;
-        let o = o.into_inner();
-        match params.iter().position(|p| *p == o) {
-            Some(i) => {
-                owner = Some(i);
-                owner_is_tail = matches!(segs.last(), Some(PatSeg::Tail(t)) if *t == o);
-            }
-            None => err(
-                diags,
-                at,
-                "route.owner",
-                format!("{o:?} is not a parameter of {pattern:?}"),
-            ),
-        }
-        if access == Access::Public {
-            err(
-                diags,
-                at,
-                "route.owner",
-                "a public route cannot have requirements".into(),
-            );
-        }
+    let ctx = Ctx {
+        file,
+        src,
+        pattern: &pattern,
+        params: &params,
+        segs: &segs,
+    };
+    let (requires, req_at) = ctx.requirements(
+        diags,
+        "route.",
+        r.owner,
+        r.plan,
+        r.feature,
+        r.org_role,
+        r.org_permission,
+        r.claims,
+    );
+    if let (Access::Public, Some(at)) = (access, req_at) {
+        err(
+            diags,
+            at,
+            "route.access",
+            "a public route cannot have requirements (use [route.shadow] to watch them)".into(),
+        );
     }
-    let mut claims = Vec::new();
-    if let Some(c) = r.claims {
-        let at = c.span().start;
-        for (k, v) in c.into_inner() {
-            let v = match v {
-                toml::Value::String(s) => Value::String(s),
-                toml::Value::Integer(i) => Value::from(i),
-                toml::Value::Boolean(b) => Value::Bool(b),
-                _ => {
-                    err(
-                        diags,
-                        at,
-                        "route.claims",
-                        format!("claim {k:?}: only strings, integers and booleans can be compared"),
-                    );
-                    continue;
-                }
-            };
-            if k.is_empty() || k.split('.').any(str::is_empty) {
-                err(
-                    diags,
-                    at,
-                    "route.claims",
-                    format!("claim path {k:?} is not a dotted path"),
-                );
-            }
-            claims.push((k, v));
-        }
-        if access == Access::Public {
-            err(
+    let shadow = match r.shadow {
+        None => Vec::new(),
+        Some(s) => {
+            let s = s.into_inner();
+            ctx.requirements(
                 diags,
-                at,
-                "route.claims",
-                "a public route cannot have requirements".into(),
-            );
+                "route.shadow.",
+                s.owner,
+                s.plan,
+                s.feature,
+                s.org_role,
+                s.org_permission,
+                s.claims,
+            )
+            .0
         }
-    }
+    };
     if diags.0.len() > before {
         return None;
     }
@@ -454,17 +646,13 @@ fn compile_route(
             methods,
             upstream,
             access,
-            plans,
-            features,
-            org_roles,
-            org_permissions,
-            owner,
-            owner_is_tail,
+            mode: r.mode.unwrap_or(Mode::Enforce),
             page: r.page,
-            claims,
+            requires,
+            shadow,
             params,
+            segs,
         },
-        segs,
         (name_at, path_at),
     ))
 }
@@ -557,90 +745,85 @@ pub struct RequestFacts<'a> {
 /// The outcome for one request.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Decision {
-    /// Forward. `identity` is `None` for anonymous public access or a signed-out page pass-through.
+    /// Forward. `identity` is `None` for anonymous public access or a signed-out page
+    /// pass-through; `shadow` is the reason a shadow rule would have refused.
     Allow {
         identity: Option<Arc<Identity>>,
         signed_out_page: bool,
+        shadow: Option<Reason>,
     },
     Deny(Reason),
+}
+
+impl Decision {
+    pub fn allow(identity: Option<Arc<Identity>>) -> Decision {
+        Decision::Allow {
+            identity,
+            signed_out_page: false,
+            shadow: None,
+        }
+    }
+
+    /// The refusal reason, or the shadow reason of an allowed request.
+    pub fn reason(&self) -> Option<Reason> {
+        match self {
+            Decision::Deny(r) => Some(*r),
+            Decision::Allow { shadow, .. } => *shadow,
+        }
+    }
 }
 
 /// Decides a matched route for a caller. `path` is the canonical path the match came from.
 pub fn evaluate(m: &RouteMatch<'_>, path: &str, req: &RequestFacts<'_>, authn: &Authn) -> Decision {
     let route = m.route;
+    let shadow_mode = route.mode == Mode::Shadow;
     let identity = match (route.access, authn) {
-        (Access::Public, Authn::SignedIn(id)) => {
-            return Decision::Allow {
-                identity: Some(id.clone()),
-                signed_out_page: false,
-            }
-        }
-        (Access::Public, Authn::SignedOut { .. }) => {
-            return Decision::Allow {
-                identity: None,
-                signed_out_page: false,
-            }
-        }
-        (Access::SignedIn, Authn::SignedIn(id)) => id,
+        (_, Authn::SignedIn(id)) => id,
+        (Access::Public, Authn::SignedOut { .. }) => return Decision::allow(None),
         (Access::SignedIn, Authn::SignedOut { reason, source }) => {
             // Next.js pages: an expired session cookie on a navigation goes through signed out
             // so Clerk's middleware in the app can refresh it (tokens live 60 s).
-            let pass = route.page
+            if route.page
                 && req.navigation
                 && *reason == Reason::TokenExpired
-                && *source == Some(TokenSource::Cookie);
-            return if pass {
-                Decision::Allow {
+                && *source == Some(TokenSource::Cookie)
+            {
+                return Decision::Allow {
                     identity: None,
                     signed_out_page: true,
-                }
-            } else {
-                Decision::Deny(*reason)
-            };
+                    shadow: None,
+                };
+            }
+            if shadow_mode {
+                return Decision::Allow {
+                    identity: None,
+                    signed_out_page: false,
+                    shadow: Some(*reason),
+                };
+            }
+            return Decision::Deny(*reason);
         }
     };
-    if let Some(i) = route.owner {
-        let (s, e) = m.params.get(i).copied().unwrap_or((0, 0));
-        let value = path.get(s..e).unwrap_or("");
-        let uid = identity.user_id.as_str();
-        let owned = if route.owner_is_tail {
-            value
-                .strip_prefix(uid)
-                .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
-        } else {
-            value == uid
-        };
-        if !owned {
-            return Decision::Deny(Reason::NotOwner);
+    let mut shadow = None;
+    for r in &route.requires {
+        if !r.holds(identity, path, &m.params) {
+            if !shadow_mode {
+                return Decision::Deny(r.reason());
+            }
+            shadow.get_or_insert(r.reason());
         }
     }
-    if !route.plans.is_empty() && !route.plans.iter().any(|p| identity.has_plan(p)) {
-        return Decision::Deny(Reason::PlanRequired);
-    }
-    if !route.features.is_empty() && !route.features.iter().any(|f| identity.has_feature(f)) {
-        return Decision::Deny(Reason::FeatureRequired);
-    }
-    if !route.org_roles.is_empty() && !route.org_roles.iter().any(|r| identity.has_role(r)) {
-        return Decision::Deny(Reason::OrgRoleRequired);
-    }
-    if !route.org_permissions.is_empty()
-        && !route
-            .org_permissions
+    if shadow.is_none() {
+        shadow = route
+            .shadow
             .iter()
-            .any(|p| identity.has_permission(p))
-    {
-        return Decision::Deny(Reason::OrgPermissionRequired);
-    }
-    if route
-        .claims
-        .iter()
-        .any(|(k, v)| identity.claim(k) != Some(v))
-    {
-        return Decision::Deny(Reason::ClaimMismatch);
+            .find(|r| !r.holds(identity, path, &m.params))
+            .map(Requirement::reason);
     }
     Decision::Allow {
         identity: Some(identity.clone()),
         signed_out_page: false,
+        shadow,
     }
 }
 
@@ -654,6 +837,99 @@ pub fn decide(
     match set.lookup(req.method, path) {
         Ok(m) => (Some(m.index), evaluate(&m, path, req, authn)),
         Err(reason) => (None, Decision::Deny(reason)),
+    }
+}
+
+/// One line of an explanation.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Step {
+    pub check: String,
+    pub mode: &'static str,
+    pub passed: bool,
+    pub reason: Option<&'static str>,
+}
+
+/// Why a request gets its decision: every check with pass/fail, then the decision itself,
+/// which comes from [`decide`], the function the proxy runs.
+#[derive(Debug, Clone)]
+pub struct Explanation {
+    pub route: Option<String>,
+    pub params: Vec<(String, String)>,
+    pub steps: Vec<Step>,
+    pub decision: Decision,
+}
+
+pub fn explain(set: &PolicySet, path: &str, req: &RequestFacts<'_>, authn: &Authn) -> Explanation {
+    let (_, decision) = decide(set, path, req, authn);
+    let m = match set.lookup(req.method, path) {
+        Ok(m) => m,
+        Err(reason) => {
+            return Explanation {
+                route: None,
+                params: Vec::new(),
+                steps: vec![Step {
+                    check: format!("route for {} {path}", req.method),
+                    mode: "enforce",
+                    passed: false,
+                    reason: Some(reason.code()),
+                }],
+                decision,
+            }
+        }
+    };
+    let route = m.route;
+    let mode = |shadow: bool| {
+        if shadow || route.mode == Mode::Shadow {
+            "shadow"
+        } else {
+            "enforce"
+        }
+    };
+    let params = route
+        .params
+        .iter()
+        .zip(&m.params)
+        .map(|(n, &(s, e))| (n.clone(), path.get(s..e).unwrap_or("").to_string()))
+        .collect();
+    let mut steps = Vec::new();
+    let (signed_in, auth_reason) = match authn {
+        Authn::SignedIn(id) => (Some(id), None),
+        Authn::SignedOut { reason, .. } => (None, Some(*reason)),
+    };
+    let access = match route.access {
+        Access::Public => "access: public".to_string(),
+        Access::SignedIn => "access: signed in".to_string(),
+    };
+    steps.push(Step {
+        check: match (signed_in, auth_reason) {
+            (Some(id), _) => format!("{access} (caller {})", id.user_id),
+            (None, Some(r)) => format!("{access} (signed out: {})", r.code()),
+            (None, None) => access,
+        },
+        mode: mode(false),
+        passed: route.access == Access::Public || signed_in.is_some(),
+        reason: if route.access == Access::Public {
+            None
+        } else {
+            auth_reason.map(Reason::code)
+        },
+    });
+    for (shadow, list) in [(false, &route.requires), (true, &route.shadow)] {
+        for r in list {
+            let passed = signed_in.is_some_and(|id| r.holds(id, path, &m.params));
+            steps.push(Step {
+                check: r.describe(&route.params),
+                mode: mode(shadow),
+                passed,
+                reason: (!passed).then(|| r.reason().code()),
+            });
+        }
+    }
+    Explanation {
+        route: Some(route.name.clone()),
+        params,
+        steps,
+        decision,
     }
 }
 

@@ -77,7 +77,8 @@ fn public_routes_allow_anyone_and_keep_a_valid_identity() {
         run(&s, "/p/x", &GET, &out),
         Decision::Allow {
             identity: None,
-            signed_out_page: false
+            signed_out_page: false,
+            shadow: None
         }
     );
     let me = id(json!({}));
@@ -85,7 +86,8 @@ fn public_routes_allow_anyone_and_keep_a_valid_identity() {
         run(&s, "/p/x", &GET, &Authn::SignedIn(me.clone())),
         Decision::Allow {
             identity: Some(me),
-            signed_out_page: false
+            signed_out_page: false,
+            shadow: None
         }
     );
 }
@@ -183,7 +185,8 @@ fn page_pass_through_needs_an_expired_cookie_on_a_navigation() {
         run(&s, "/page", &nav, &expired_cookie),
         Decision::Allow {
             identity: None,
-            signed_out_page: true
+            signed_out_page: true,
+            shadow: None
         }
     );
     assert_eq!(
@@ -263,7 +266,7 @@ plan = ["pro"]
         "p.toml:7:9: route.owner: \"uid\" is not a parameter",
         "p.toml:11:8: route.path:",
         "p.toml:12:11: route.methods: list at least one method",
-        "p.toml:15:8: route.plan: a public route cannot have requirements",
+        "p.toml:15:8: route.access: a public route cannot have requirements",
     ] {
         assert!(text.contains(want), "missing {want:?} in\n{text}");
     }

@@ -373,7 +373,7 @@ fn verified_tokens_are_cached() {
     assert_eq!(
         w.portier
             .gateway
-            .verifier
+            .verifier()
             .cached(&t)
             .map(|i| i.user_id.clone()),
         Some("user_cache".into())

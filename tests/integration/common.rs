@@ -273,7 +273,7 @@ pub struct Portier {
     pub addr: SocketAddr,
     pub gateway: Arc<Gateway>,
     shutdown: ShutdownHandle,
-    _dir: TempDir,
+    pub dir: TempDir,
 }
 
 impl Drop for Portier {
@@ -306,6 +306,18 @@ pub struct Setup {
     pub policies: String,
     pub extra_clerk: String,
     pub jwks_extra: String,
+    /// Extra top-level config (e.g. `[admin]`, `[decision_log]`), appended verbatim.
+    pub extra_config: String,
+    pub reload_poll_ms: u64,
+    /// Where the decision log goes; by default one file for the whole test run, which
+    /// `scripts/test` greps for secrets afterwards.
+    pub decision_log: PathBuf,
+    pub admin: Option<SocketAddr>,
+}
+
+/// The decision log shared by every Portier of the test run.
+pub fn shared_decision_log() -> PathBuf {
+    PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("decision-log.jsonl")
 }
 
 impl Setup {
@@ -317,6 +329,10 @@ impl Setup {
             policies: TEST_POLICIES.to_string(),
             extra_clerk: String::new(),
             jwks_extra: String::new(),
+            extra_config: String::new(),
+            reload_poll_ms: 0,
+            decision_log: shared_decision_log(),
+            admin: None,
         }
     }
 
@@ -357,7 +373,23 @@ credentials = "forward"
 [upstreams.dead]
 peers = ["{dead}"]
 connect_timeout_ms = 300
+
+[policies]
+reload_poll_ms = {poll}
+
+[decision_log]
+path = "{log}"
+
+{admin}
+{extra_config}
 "#,
+            log = self.decision_log.display(),
+            admin = self
+                .admin
+                .map(|a| format!("[admin]\nlisten = \"{a}\"\n"))
+                .unwrap_or_default(),
+            poll = self.reload_poll_ms,
+            extra_config = self.extra_config,
             extra = self.extra_clerk,
             jwks = self.jwks_url,
             jwks_extra = self.jwks_extra,
@@ -371,7 +403,7 @@ connect_timeout_ms = 300
         let cfg = Config::load(&cfg_path).unwrap_or_else(|d| panic!("config:\n{d}"));
         PolicySet::load_dir(&cfg.policies_dir, &cfg.upstream_names())
             .unwrap_or_else(|d| panic!("policies:\n{d}"));
-        let built = proxy::build_from_config(&cfg).expect("build");
+        let built = proxy::build_from_config(&cfg, &cfg_path).expect("build");
         let gateway = built.gateway.clone();
         let (shutdown, _thread) = proxy::spawn(built);
         assert!(
@@ -382,7 +414,7 @@ connect_timeout_ms = 300
             addr: listen,
             gateway,
             shutdown,
-            _dir: dir,
+            dir,
         }
     }
 }

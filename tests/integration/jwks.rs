@@ -75,7 +75,7 @@ fn key_server_down_keeps_cached_keys_and_answers_503_for_unknown_kids() {
     assert!(
         w.portier
             .gateway
-            .verifier
+            .verifier()
             .jwks
             .stats
             .failures

@@ -6,5 +6,6 @@ mod cli;
 mod common;
 mod flask;
 mod jwks;
+mod ops;
 mod paths;
 mod proxying;

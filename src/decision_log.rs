@@ -1,0 +1,140 @@
+//! The decision log: one JSON line per request with what was decided and why. It carries the
+//! route, decision, reason, user id, status, upstream and latency, and by construction nothing
+//! else: never a token, cookie, signature, query string or header value.
+
+use std::io::Write;
+use std::sync::Mutex;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+
+use crate::config::{DecisionLogConfig, DecisionLogMode};
+
+/// One decision. Only these fields can ever be written.
+#[derive(Debug, Serialize)]
+pub struct DecisionRecord<'a> {
+    pub ts: String,
+    pub method: &'a str,
+    /// The canonical path (no query string: queries may carry presigned signatures).
+    pub path: Option<&'a str>,
+    pub route: Option<&'a str>,
+    pub decision: &'static str,
+    pub reason: Option<&'static str>,
+    pub shadow_reason: Option<&'static str>,
+    pub user_id: Option<&'a str>,
+    pub status: u16,
+    pub upstream: Option<&'a str>,
+    pub latency_us: u64,
+    pub policy_generation: u64,
+}
+
+pub struct DecisionLog {
+    mode: DecisionLogMode,
+    sample_rate: f64,
+    out: Mutex<Box<dyn Write + Send>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("decision log {0}: {1}")]
+pub struct DecisionLogError(String, std::io::Error);
+
+impl DecisionLog {
+    pub fn open(cfg: &DecisionLogConfig) -> Result<DecisionLog, DecisionLogError> {
+        let out: Box<dyn Write + Send> = match &cfg.path {
+            None => Box::new(std::io::stdout()),
+            Some(p) => Box::new(std::io::LineWriter::new(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(p)
+                    .map_err(|e| DecisionLogError(p.display().to_string(), e))?,
+            )),
+        };
+        Ok(DecisionLog {
+            mode: cfg.mode,
+            sample_rate: cfg.sample_rate,
+            out: Mutex::new(out),
+        })
+    }
+
+    /// Whether a request with this outcome is recorded (sampling applies to plain allows).
+    pub fn wants(&self, denied_or_shadowed: bool) -> bool {
+        match self.mode {
+            DecisionLogMode::Off => false,
+            DecisionLogMode::Deny => denied_or_shadowed,
+            DecisionLogMode::All => {
+                denied_or_shadowed
+                    || self.sample_rate >= 1.0
+                    || rand::random::<f64>() < self.sample_rate
+            }
+        }
+    }
+
+    pub fn write(&self, rec: &DecisionRecord<'_>) {
+        let Ok(mut line) = serde_json::to_vec(rec) else {
+            return;
+        };
+        line.push(b'\n');
+        if let Ok(mut out) = self.out.lock() {
+            if let Err(e) = out.write_all(&line) {
+                log::warn!("decision log write failed: {e}");
+            }
+        }
+    }
+}
+
+/// RFC 3339 UTC time with milliseconds, without a date-time dependency.
+pub fn rfc3339_now() -> String {
+    let d = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    let secs = d.as_secs() as i64;
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Civil date from days since 1970-01-01 (H. Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        d.subsec_millis()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_look_like_rfc3339() {
+        let t = rfc3339_now();
+        assert_eq!(t.len(), 24, "{t}");
+        assert!(
+            t.starts_with("20") && t.ends_with('Z') && t.as_bytes()[10] == b'T',
+            "{t}"
+        );
+    }
+
+    #[test]
+    fn modes_and_sampling() {
+        let log = |mode, sample_rate| DecisionLog {
+            mode,
+            sample_rate,
+            out: Mutex::new(Box::new(std::io::sink())),
+        };
+        assert!(!log(DecisionLogMode::Off, 1.0).wants(true));
+        assert!(log(DecisionLogMode::Deny, 0.0).wants(true));
+        assert!(!log(DecisionLogMode::Deny, 1.0).wants(false));
+        assert!(log(DecisionLogMode::All, 0.0).wants(true));
+        assert!(!log(DecisionLogMode::All, 0.0).wants(false));
+        assert!(log(DecisionLogMode::All, 1.0).wants(false));
+    }
+}

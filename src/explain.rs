@@ -1,0 +1,245 @@
+//! `portier explain`: what the proxy would do with one request, step by step. It runs the
+//! proxy's own functions (canonicalisation, authentication, `policy::decide`,
+//! `prepare_upstream_headers`), never a copy of their logic.
+
+use std::sync::Arc;
+
+use pingora::prelude::RequestHeader;
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+use crate::auth::{Identity, Verifier};
+use crate::config::Credentials;
+use crate::error::Reason;
+use crate::headers::HeaderGuard;
+use crate::path::canonicalize;
+use crate::policy::{explain, Authn, Decision, PolicySet, RequestFacts, Step};
+use crate::proxy::{authenticate, is_navigation, prepare_upstream_headers};
+
+/// Who the request is from.
+pub enum ExplainAuth {
+    /// Whatever the request's own headers carry (`-H 'Authorization: Bearer ...'`, `--token`).
+    FromRequest,
+    /// Claims given directly (no signature involved): a signed-in caller.
+    Claims(Map<String, Value>),
+}
+
+#[derive(Debug, Serialize)]
+pub struct ExplainReport {
+    pub method: String,
+    pub path: String,
+    pub canonical_path: Option<String>,
+    pub route: Option<String>,
+    pub route_location: Option<String>,
+    pub params: Vec<(String, String)>,
+    pub caller: Option<String>,
+    pub steps: Vec<Step>,
+    pub decision: &'static str,
+    pub status: u16,
+    pub reason: Option<&'static str>,
+    pub shadow_reason: Option<&'static str>,
+    pub upstream: Option<String>,
+    pub upstream_headers: Vec<(String, String)>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ExplainError {
+    #[error("bad request: {0}")]
+    Request(String),
+    #[error("claims: {0}")]
+    Claims(String),
+}
+
+/// The request to explain.
+pub struct ExplainRequest<'a> {
+    pub method: &'a str,
+    pub target: &'a str,
+    pub headers: &'a [(String, String)],
+    pub auth: ExplainAuth,
+}
+
+pub async fn explain_request(
+    policies: &PolicySet,
+    verifier: &Verifier,
+    guard: &HeaderGuard,
+    credentials_of: impl Fn(&str) -> Credentials,
+    request: ExplainRequest<'_>,
+) -> Result<ExplainReport, ExplainError> {
+    let ExplainRequest {
+        method,
+        target,
+        headers,
+        auth,
+    } = request;
+    let mut req = RequestHeader::build(method, target.as_bytes(), None)
+        .map_err(|e| ExplainError::Request(e.to_string()))?;
+    for (k, v) in headers {
+        req.append_header(k.clone(), v.as_str())
+            .map_err(|e| ExplainError::Request(format!("header {k}: {e}")))?;
+    }
+    let raw_path = req.uri.path().to_string();
+    let mut report = ExplainReport {
+        method: method.to_string(),
+        path: target.to_string(),
+        canonical_path: None,
+        route: None,
+        route_location: None,
+        params: Vec::new(),
+        caller: None,
+        steps: Vec::new(),
+        decision: "deny",
+        status: 0,
+        reason: None,
+        shadow_reason: None,
+        upstream: None,
+        upstream_headers: Vec::new(),
+    };
+    let canonical = match canonicalize(&raw_path) {
+        Ok(c) => c,
+        Err(e) => {
+            report.steps.push(Step {
+                check: format!("canonical path: {e}"),
+                mode: "enforce",
+                passed: false,
+                reason: Some(Reason::BadPath.code()),
+            });
+            report.status = Reason::BadPath.status();
+            report.reason = Some(Reason::BadPath.code());
+            return Ok(report);
+        }
+    };
+    report.canonical_path = Some(canonical.clone());
+    let authn = match auth {
+        ExplainAuth::FromRequest => authenticate(verifier, &req).await,
+        ExplainAuth::Claims(mut claims) => {
+            claims
+                .entry("sid")
+                .or_insert_with(|| Value::from("sess_explain"));
+            claims
+                .entry("exp")
+                .or_insert_with(|| Value::from(i64::MAX / 2));
+            let id =
+                Identity::from_claims(claims).map_err(|e| ExplainError::Claims(e.to_string()))?;
+            Authn::SignedIn(Arc::new(id))
+        }
+    };
+    report.caller = match &authn {
+        Authn::SignedIn(id) => Some(id.user_id.clone()),
+        Authn::SignedOut { .. } => None,
+    };
+    let facts = RequestFacts {
+        method,
+        navigation: is_navigation(&req),
+    };
+    let ex = explain(policies, &canonical, &facts, &authn);
+    report.steps = ex.steps;
+    report.params = ex.params;
+    report.route = ex.route.clone();
+    if let Some(name) = &ex.route {
+        if let Some(r) = policies.routes.iter().find(|r| &r.name == name) {
+            report.route_location = Some(format!("{}:{}", r.file.display(), r.line));
+            report.upstream = Some(r.upstream.clone());
+        }
+    }
+    match &ex.decision {
+        Decision::Deny(r) => {
+            report.status = r.status();
+            report.reason = Some(r.code());
+        }
+        Decision::Allow {
+            identity,
+            shadow,
+            signed_out_page,
+        } => {
+            report.decision = "allow";
+            report.status = 200;
+            report.shadow_reason = shadow.map(Reason::code);
+            if *signed_out_page {
+                report.steps.push(Step {
+                    check: "page navigation with an expired cookie: passes signed out".into(),
+                    mode: "enforce",
+                    passed: true,
+                    reason: None,
+                });
+            }
+            let credentials = report
+                .upstream
+                .as_deref()
+                .map_or(Credentials::Strip, &credentials_of);
+            let mut up = req.clone();
+            if prepare_upstream_headers(&mut up, guard, credentials, identity.as_deref()).is_ok() {
+                report.upstream_headers = up
+                    .headers
+                    .iter()
+                    .map(|(k, v)| {
+                        let shown = if k == http::header::AUTHORIZATION || k == http::header::COOKIE
+                        {
+                            "<redacted>".to_string()
+                        } else {
+                            String::from_utf8_lossy(v.as_bytes()).into_owned()
+                        };
+                        (k.as_str().to_string(), shown)
+                    })
+                    .collect();
+            }
+        }
+    }
+    Ok(report)
+}
+
+impl ExplainReport {
+    pub fn render_text(&self) -> String {
+        let mut s = String::new();
+        s.push_str(&format!("request   {} {}\n", self.method, self.path));
+        if let Some(c) = &self.canonical_path {
+            s.push_str(&format!("canonical {c}\n"));
+        }
+        match (&self.route, &self.route_location) {
+            (Some(r), Some(l)) => s.push_str(&format!("route     {r} ({l})\n")),
+            _ => s.push_str("route     (none)\n"),
+        }
+        if !self.params.is_empty() {
+            let p: Vec<String> = self
+                .params
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect();
+            s.push_str(&format!("params    {}\n", p.join(", ")));
+        }
+        s.push_str(&format!(
+            "caller    {}\n",
+            self.caller.as_deref().unwrap_or("signed out")
+        ));
+        s.push_str("checks\n");
+        for st in &self.steps {
+            let mark = if st.passed { "pass" } else { "FAIL" };
+            let shadow = if st.mode == "shadow" {
+                " (shadow: not enforced)"
+            } else {
+                ""
+            };
+            let why = st.reason.map(|r| format!(" -> {r}")).unwrap_or_default();
+            s.push_str(&format!("  [{mark}] {}{why}{shadow}\n", st.check));
+        }
+        s.push_str(&format!(
+            "decision  {} {}{}{}\n",
+            self.decision.to_uppercase(),
+            self.status,
+            self.reason.map(|r| format!(" {r}")).unwrap_or_default(),
+            self.shadow_reason
+                .map(|r| format!(" (shadow rule would refuse: {r})"))
+                .unwrap_or_default(),
+        ));
+        if self.decision == "allow" {
+            s.push_str(&format!(
+                "upstream  {}\n",
+                self.upstream.as_deref().unwrap_or("-")
+            ));
+            s.push_str("headers sent upstream (besides Host and X-Forwarded-For)\n");
+            for (k, v) in &self.upstream_headers {
+                s.push_str(&format!("  {k}: {v}\n"));
+            }
+        }
+        s
+    }
+}
