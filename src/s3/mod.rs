@@ -1,0 +1,21 @@
+//! The S3 front door's building blocks: object keys and their owners ([`key`]), SigV4 signing
+//! and presigning against the configured bucket ([`sign`]), and the embedded S3-compatible
+//! store for `portier dev` and tests ([`store`]). The proxy routes that use them live
+//! elsewhere; this module performs no I/O except the embedded store.
+
+pub mod key;
+pub mod sign;
+pub mod store;
+
+#[cfg(test)]
+mod tests;
+
+pub use key::{
+    canonical_key, encode_key_for_path, encode_query_component, is_valid_user_id, kind_folder,
+    owned_by, KeyError, MAX_KEY_BYTES,
+};
+pub use sign::{
+    is_signed_header, presign, query_string, sign_headers, Addressing, Credentials, EnvNames,
+    Payload, S3Target, SignError, MAX_PRESIGN_EXPIRY,
+};
+pub use store::{generate_keys, start, EmbeddedStore, StoreError};
