@@ -33,6 +33,148 @@ struct RawConfig {
     admin: Option<Spanned<RawAdmin>>,
     #[serde(default)]
     decision_log: RawDecisionLog,
+    #[serde(default)]
+    limits: RawLimits,
+    #[serde(default)]
+    rate_limit: Option<Spanned<RawRateLimit>>,
+    #[serde(default)]
+    webhooks: BTreeMap<String, Spanned<RawWebhook>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    #[serde(default = "default_max_body")]
+    max_body_bytes: u64,
+    #[serde(default = "default_max_header")]
+    max_header_bytes: usize,
+}
+
+impl Default for RawLimits {
+    fn default() -> Self {
+        RawLimits {
+            max_body_bytes: default_max_body(),
+            max_header_bytes: default_max_header(),
+        }
+    }
+}
+
+fn default_max_body() -> u64 {
+    10 * 1024 * 1024
+}
+fn default_max_header() -> usize {
+    32 * 1024
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRateLimit {
+    store: RateStoreKind,
+    /// Env var holding the Redis URL (it may carry a password).
+    #[serde(default)]
+    redis_url_env: Option<String>,
+    /// A Redis URL without credentials, for local setups.
+    #[serde(default)]
+    redis_url: Option<String>,
+    #[serde(default = "default_redis_failure")]
+    on_redis_failure: crate::guards::ratelimit::RedisFailure,
+    #[serde(default = "default_redis_timeout")]
+    redis_timeout_ms: u64,
+}
+
+fn default_redis_failure() -> crate::guards::ratelimit::RedisFailure {
+    crate::guards::ratelimit::RedisFailure::Open
+}
+fn default_redis_timeout() -> u64 {
+    200
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWebhook {
+    /// Env vars each holding one secret (`whsec_...`); several for rotation.
+    secrets_env: Vec<String>,
+    #[serde(default = "default_tolerance")]
+    tolerance_seconds: i64,
+}
+
+fn default_tolerance() -> i64 {
+    300
+}
+
+/// Where rate-limit counters and webhook replay ids live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RateStoreKind {
+    /// In this process: exact for one replica.
+    Memory,
+    /// In Redis: shared by every replica.
+    Redis,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Limits {
+    pub max_body_bytes: u64,
+    pub max_header_bytes: usize,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct RateLimitConfig {
+    pub store: RateStoreKind,
+    /// Resolved at start-up from the env var or the plain URL.
+    pub redis_url_env: Option<String>,
+    pub redis_url: Option<String>,
+    pub on_redis_failure: crate::guards::ratelimit::RedisFailure,
+    pub redis_timeout: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct WebhookConfig {
+    pub name: String,
+    pub secrets_env: Vec<String>,
+    pub tolerance_seconds: i64,
+}
+
+/// An address range (`10.0.0.0/8`, `::1/128`, or a single address).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    pub addr: std::net::IpAddr,
+    pub prefix: u8,
+}
+
+impl Cidr {
+    pub fn parse(s: &str) -> Option<Cidr> {
+        let (a, p) = match s.split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (s, None),
+        };
+        let addr: std::net::IpAddr = a.trim().parse().ok()?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = match p {
+            Some(p) => p.trim().parse().ok().filter(|p| *p <= max)?,
+            None => max,
+        };
+        Some(Cidr { addr, prefix })
+    }
+
+    pub fn contains(&self, ip: std::net::IpAddr) -> bool {
+        use std::net::IpAddr;
+        match (self.addr, ip) {
+            (IpAddr::V4(n), IpAddr::V4(i)) => {
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u32::from(n) & mask == u32::from(i) & mask
+            }
+            (IpAddr::V6(n), IpAddr::V6(i)) => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u128::from(n) & mask == u128::from(i) & mask
+            }
+            _ => false,
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -81,6 +223,9 @@ struct RawServer {
     grace_period_seconds: u64,
     #[serde(default = "default_grace")]
     graceful_shutdown_timeout_seconds: u64,
+    /// Proxies whose `X-Forwarded-For` is believed when finding the client address.
+    #[serde(default)]
+    trusted_proxies: Option<Spanned<Vec<String>>>,
 }
 
 impl Default for RawServer {
@@ -90,6 +235,7 @@ impl Default for RawServer {
             threads: default_threads(),
             grace_period_seconds: default_grace(),
             graceful_shutdown_timeout_seconds: default_grace(),
+            trusted_proxies: None,
         }
     }
 }
@@ -397,6 +543,11 @@ pub struct Config {
     pub declared: crate::policy::lint::Declared,
     pub admin_listen: Option<SocketAddr>,
     pub decision_log: DecisionLogConfig,
+    pub limits: Limits,
+    pub rate_limit: RateLimitConfig,
+    pub webhooks: BTreeMap<String, WebhookConfig>,
+    /// Proxies whose `X-Forwarded-For` is believed when finding the client address.
+    pub trusted_proxies: Vec<Cidr>,
 }
 
 impl Config {
@@ -425,6 +576,23 @@ impl Config {
 
     pub fn upstream_names(&self) -> Vec<&str> {
         self.upstreams.keys().map(String::as_str).collect()
+    }
+
+    pub fn webhook_names(&self) -> Vec<&str> {
+        self.webhooks.keys().map(String::as_str).collect()
+    }
+
+    /// Loads and compiles the policies this config names.
+    pub fn load_policies(&self) -> Result<crate::policy::PolicySet, Diagnostics> {
+        let ups = self.upstream_names();
+        let hooks = self.webhook_names();
+        crate::policy::PolicySet::load_dir_with(
+            &self.policies_dir,
+            crate::policy::Known {
+                upstreams: &ups,
+                webhooks: &hooks,
+            },
+        )
     }
 }
 
@@ -483,7 +651,7 @@ impl Checker<'_> {
         }
     }
 
-    fn check(mut self, raw: RawConfig) -> Result<Config, Diagnostics> {
+    fn check(mut self, mut raw: RawConfig) -> Result<Config, Diagnostics> {
         let base = self.file.parent().unwrap_or(Path::new(".")).to_path_buf();
 
         // server
@@ -795,6 +963,92 @@ impl Checker<'_> {
                 "must be between 0 and 1",
             );
         }
+        let limits = Limits {
+            max_body_bytes: raw.limits.max_body_bytes,
+            max_header_bytes: raw.limits.max_header_bytes,
+        };
+        if limits.max_header_bytes < 1024 {
+            self.err(0, "limits.max_header_bytes", "must be at least 1024");
+        }
+        let rate_limit = match raw.rate_limit {
+            None => RateLimitConfig {
+                store: RateStoreKind::Memory,
+                redis_url_env: None,
+                redis_url: None,
+                on_redis_failure: default_redis_failure(),
+                redis_timeout: Duration::from_millis(default_redis_timeout()),
+            },
+            Some(rl) => {
+                let at = rl.span().start;
+                let rl = rl.into_inner();
+                if rl.store == RateStoreKind::Redis
+                    && rl.redis_url_env.is_none() == rl.redis_url.is_none()
+                {
+                    self.err(
+                        at,
+                        "rate_limit",
+                        "store = \"redis\" needs exactly one of redis_url_env, redis_url",
+                    );
+                }
+                if let Some(u) = &rl.redis_url {
+                    if u.contains('@') {
+                        self.err(
+                            at,
+                            "rate_limit.redis_url",
+                            "credentials do not belong in config: use redis_url_env",
+                        );
+                    }
+                }
+                RateLimitConfig {
+                    store: rl.store,
+                    redis_url_env: rl.redis_url_env,
+                    redis_url: rl.redis_url,
+                    on_redis_failure: rl.on_redis_failure,
+                    redis_timeout: Duration::from_millis(rl.redis_timeout_ms.max(1)),
+                }
+            }
+        };
+        let mut webhooks = BTreeMap::new();
+        for (name, w) in raw.webhooks {
+            let at = w.span().start;
+            let w = w.into_inner();
+            if w.secrets_env.is_empty() {
+                self.err(
+                    at,
+                    &format!("webhooks.{name}.secrets_env"),
+                    "name at least one env var holding a whsec_ secret",
+                );
+            }
+            if !(1..=3600).contains(&w.tolerance_seconds) {
+                self.err(
+                    at,
+                    &format!("webhooks.{name}.tolerance_seconds"),
+                    "must be between 1 and 3600",
+                );
+            }
+            webhooks.insert(
+                name.clone(),
+                WebhookConfig {
+                    name,
+                    secrets_env: w.secrets_env,
+                    tolerance_seconds: w.tolerance_seconds,
+                },
+            );
+        }
+        let mut trusted_proxies = Vec::new();
+        if let Some(tp) = raw.server.trusted_proxies.take() {
+            let at = tp.span().start;
+            for p in tp.into_inner() {
+                match Cidr::parse(&p) {
+                    Some(c) => trusted_proxies.push(c),
+                    None => self.err(
+                        at,
+                        "trusted_proxies",
+                        format!("{p:?} is not an address or CIDR range"),
+                    ),
+                }
+            }
+        }
         let decision_log = DecisionLogConfig {
             mode: raw.decision_log.mode,
             sample_rate: rate.clamp(0.0, 1.0),
@@ -838,6 +1092,10 @@ impl Checker<'_> {
             },
             admin_listen,
             decision_log,
+            limits,
+            rate_limit,
+            webhooks,
+            trusted_proxies,
         })
     }
 }
@@ -903,6 +1161,21 @@ peers = ["nope"]
             "{text}"
         );
         assert_eq!(errs.0.len(), 4, "{text}");
+    }
+
+    #[test]
+    fn cidrs() {
+        let c = Cidr::parse("10.0.0.0/8").unwrap();
+        assert!(c.contains("10.1.2.3".parse().unwrap()));
+        assert!(!c.contains("11.0.0.1".parse().unwrap()));
+        assert!(Cidr::parse("127.0.0.1")
+            .unwrap()
+            .contains("127.0.0.1".parse().unwrap()));
+        assert!(Cidr::parse("::1/128")
+            .unwrap()
+            .contains("::1".parse().unwrap()));
+        assert!(Cidr::parse("10.0.0.0/33").is_none());
+        assert!(Cidr::parse("nope").is_none());
     }
 
     #[test]

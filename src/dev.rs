@@ -165,6 +165,12 @@ impl DevIssuer {
     }
 }
 
+/// A fresh Standard Webhooks secret (`whsec_` + 32 random bytes, base64).
+pub fn random_webhook_secret() -> String {
+    let bytes: [u8; 32] = rand::random();
+    format!("whsec_{}", STANDARD.encode(bytes))
+}
+
 /// Where `portier dev` keeps its issuer key for `portier token`.
 pub fn state_file() -> PathBuf {
     std::env::temp_dir().join("portier-dev").join("issuer.json")
@@ -263,6 +269,12 @@ credentials = "strip"
 [upstreams.nextjs]
 peers = ["{echo}"]
 credentials = "forward"
+
+[webhooks.workers]
+secrets_env = ["PORTIER_DEV_WORKER_WEBHOOK_SECRET"]
+
+[webhooks.clerk]
+secrets_env = ["PORTIER_DEV_CLERK_WEBHOOK_SECRET"]
 "#,
         jwks = servers.jwks_addr,
         echo = servers.echo_addr,

@@ -59,13 +59,29 @@ pub enum Reason {
     UpstreamUnavailable,
     /// The upstream did not answer in time.
     UpstreamTimeout,
+    /// The request body is over the route's limit (announced or counted).
+    BodyTooLarge,
+    /// The request headers are over the configured size.
+    HeadersTooLarge,
+    /// The caller went over the route's rate limit.
+    RateLimited,
+    /// The shared rate-limit store is unreachable and the config says fail closed.
+    RateLimitUnavailable,
+    /// A webhook signature is missing or matches no configured secret.
+    WebhookSignatureInvalid,
+    /// A webhook timestamp is malformed or outside the tolerance.
+    WebhookTimestampOutOfRange,
+    /// A webhook message id was already accepted within the tolerance window.
+    WebhookReplayed,
+    /// The shared replay store is unreachable; webhooks are refused rather than risk a replay.
+    ReplayCheckUnavailable,
     /// A fault inside Portier; details are in the log.
     Internal,
 }
 
 impl Reason {
     /// Every reason, for documentation and exhaustive tests.
-    pub const ALL: [Reason; 25] = [
+    pub const ALL: [Reason; 33] = [
         Reason::BadPath,
         Reason::TokenMissing,
         Reason::TokenInvalid,
@@ -90,6 +106,14 @@ impl Reason {
         Reason::ClaimMismatch,
         Reason::UpstreamUnavailable,
         Reason::UpstreamTimeout,
+        Reason::BodyTooLarge,
+        Reason::HeadersTooLarge,
+        Reason::RateLimited,
+        Reason::RateLimitUnavailable,
+        Reason::WebhookSignatureInvalid,
+        Reason::WebhookTimestampOutOfRange,
+        Reason::WebhookReplayed,
+        Reason::ReplayCheckUnavailable,
         Reason::Internal,
     ];
 
@@ -119,6 +143,14 @@ impl Reason {
             Reason::ClaimMismatch => "claim_mismatch",
             Reason::UpstreamUnavailable => "upstream_unavailable",
             Reason::UpstreamTimeout => "upstream_timeout",
+            Reason::BodyTooLarge => "body_too_large",
+            Reason::HeadersTooLarge => "headers_too_large",
+            Reason::RateLimited => "rate_limited",
+            Reason::RateLimitUnavailable => "rate_limit_unavailable",
+            Reason::WebhookSignatureInvalid => "webhook_signature_invalid",
+            Reason::WebhookTimestampOutOfRange => "webhook_timestamp_out_of_range",
+            Reason::WebhookReplayed => "webhook_replayed",
+            Reason::ReplayCheckUnavailable => "replay_check_unavailable",
             Reason::Internal => "internal_error",
         }
     }
@@ -137,7 +169,13 @@ impl Reason {
             | Reason::TokenTooLarge
             | Reason::IssuerMismatch
             | Reason::AzpMismatch
-            | Reason::SessionPending => 401,
+            | Reason::SessionPending
+            | Reason::WebhookSignatureInvalid
+            | Reason::WebhookTimestampOutOfRange
+            | Reason::WebhookReplayed => 401,
+            Reason::BodyTooLarge => 413,
+            Reason::HeadersTooLarge => 431,
+            Reason::RateLimited => 429,
             Reason::PlanRequired
             | Reason::FeatureRequired
             | Reason::OrgRoleRequired
@@ -148,7 +186,9 @@ impl Reason {
             Reason::MethodNotAllowed => 405,
             Reason::Internal => 500,
             Reason::UpstreamUnavailable => 502,
-            Reason::JwksUnavailable => 503,
+            Reason::JwksUnavailable
+            | Reason::RateLimitUnavailable
+            | Reason::ReplayCheckUnavailable => 503,
             Reason::UpstreamTimeout => 504,
         }
     }
@@ -181,6 +221,18 @@ impl Reason {
             Reason::ClaimMismatch => "your account does not meet this route's requirements",
             Reason::UpstreamUnavailable => "the service behind this route is unavailable",
             Reason::UpstreamTimeout => "the service behind this route did not answer in time",
+            Reason::BodyTooLarge => "the request body is too large for this route",
+            Reason::HeadersTooLarge => "the request headers are too large",
+            Reason::RateLimited => "too many requests; retry after the time in Retry-After",
+            Reason::RateLimitUnavailable => "rate limiting is unavailable; try again shortly",
+            Reason::WebhookSignatureInvalid => "the webhook signature is missing or invalid",
+            Reason::WebhookTimestampOutOfRange => {
+                "the webhook timestamp is outside the accepted window"
+            }
+            Reason::WebhookReplayed => "this webhook message was already delivered",
+            Reason::ReplayCheckUnavailable => {
+                "webhooks cannot be checked for replays right now; retry later"
+            }
             Reason::Internal => "internal error",
         }
     }
@@ -188,6 +240,12 @@ impl Reason {
     /// True when the client should authenticate (again): drives `WWW-Authenticate`.
     pub fn is_unauthenticated(self) -> bool {
         self.status() == 401
+            && !matches!(
+                self,
+                Reason::WebhookSignatureInvalid
+                    | Reason::WebhookTimestampOutOfRange
+                    | Reason::WebhookReplayed
+            )
     }
 
     /// The JSON body sent to the client.

@@ -17,4 +17,5 @@ pub mod path;
 pub mod policy;
 pub mod proxy;
 pub mod reload;
+pub mod s3;
 pub mod serve;

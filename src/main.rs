@@ -17,7 +17,7 @@ use portier::explain::{explain_request, ExplainAuth, ExplainRequest};
 use portier::headers::HeaderGuard;
 use portier::policy::lint::lint;
 use portier::policy::testing;
-use portier::policy::PolicySet;
+use portier::policy::{Known, PolicySet};
 use portier::proxy;
 
 #[derive(Parser)]
@@ -169,7 +169,7 @@ fn check(config: &Path, format: Format, deny_warnings: bool) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let set = match PolicySet::load_dir(&cfg.policies_dir, &cfg.upstream_names()) {
+    let set = match cfg.load_policies() {
         Ok(set) => set,
         Err(d) => {
             print_diags(&d, format);
@@ -200,8 +200,7 @@ fn check(config: &Path, format: Format, deny_warnings: bool) -> ExitCode {
 fn policy_test(config: &Path, cases: Option<PathBuf>) -> ExitCode {
     let result = (|| -> anyhow::Result<bool> {
         let cfg = Config::load(config).map_err(|d| anyhow!("invalid config:\n{d}"))?;
-        let set = PolicySet::load_dir(&cfg.policies_dir, &cfg.upstream_names())
-            .map_err(|d| anyhow!("policies:\n{d}"))?;
+        let set = cfg.load_policies().map_err(|d| anyhow!("policies:\n{d}"))?;
         let dir = cases.unwrap_or_else(|| cfg.policies_dir.join("tests"));
         let sources = testing::load_cases(&dir).map_err(|d| anyhow!("{d}"))?;
         let results = testing::run(&set, &sources).map_err(|d| anyhow!("test files:\n{d}"))?;
@@ -250,8 +249,7 @@ fn explain(
     format: Format,
 ) -> anyhow::Result<()> {
     let cfg = Config::load(config).map_err(|d| anyhow!("invalid config:\n{d}"))?;
-    let set = PolicySet::load_dir(&cfg.policies_dir, &cfg.upstream_names())
-        .map_err(|d| anyhow!("policies:\n{d}"))?;
+    let set = cfg.load_policies().map_err(|d| anyhow!("policies:\n{d}"))?;
     let mut hs: Vec<(String, String)> = headers
         .iter()
         .map(|h| {
@@ -333,18 +331,39 @@ fn warm_keys(gw: &proxy::Gateway) {
 fn run_dev(listen: SocketAddr, policies: Option<PathBuf>) -> anyhow::Result<()> {
     init_logging();
     let servers = dev::start_dev_servers().context("starting the dev issuer and echo upstream")?;
+    // Webhook secrets for the shipped webhook routes, made up for this run.
+    let worker_secret = dev::random_webhook_secret();
+    let clerk_secret = dev::random_webhook_secret();
+    std::env::set_var("PORTIER_DEV_WORKER_WEBHOOK_SECRET", &worker_secret);
+    std::env::set_var("PORTIER_DEV_CLERK_WEBHOOK_SECRET", &clerk_secret);
     servers.issuer.save(&dev::state_file())?;
     let mut cfg = Config::parse(Path::new("<dev>"), &dev::dev_config_toml(listen, &servers))
         .map_err(|d| anyhow!("dev config:\n{d}"))?;
     cfg.verifier.issuer = servers.issuer.issuer.clone();
     let set = match &policies {
-        Some(dir) => PolicySet::load_dir(dir, &cfg.upstream_names()),
+        Some(dir) => {
+            let (ups, hooks) = (cfg.upstream_names(), cfg.webhook_names());
+            PolicySet::load_dir_with(
+                dir,
+                Known {
+                    upstreams: &ups,
+                    webhooks: &hooks,
+                },
+            )
+        }
         None => {
             let sources: Vec<(PathBuf, String)> = dev::EMBEDDED_POLICIES
                 .iter()
                 .map(|(f, s)| (PathBuf::from(f), s.to_string()))
                 .collect();
-            PolicySet::compile(&sources, &cfg.upstream_names())
+            let (ups, hooks) = (cfg.upstream_names(), cfg.webhook_names());
+            PolicySet::compile_with(
+                &sources,
+                Known {
+                    upstreams: &ups,
+                    webhooks: &hooks,
+                },
+            )
         }
     }
     .map_err(|d| anyhow!("policies:\n{d}"))?;
@@ -388,6 +407,8 @@ Try (tokens below are valid for 1 hour; mint more with `portier token --sub user
   curl -s http://{listen}/api/books/1
   curl -s http://{listen}/api/books/1 -H 'Authorization: Bearer {pro}' -H 'X_Portier_User_Id: user_999'
   curl -s http://{listen}/api/books/%2e%2e/admin
+
+Webhook secrets for this run: workers {worker_secret}  clerk {clerk_secret}
 "#,
         iss = servers.issuer.issuer,
         jwks = servers.jwks_addr,

@@ -20,6 +20,7 @@ pub struct Metrics {
     pub policy_generation: IntGauge,
     pub upstream_errors: IntCounterVec,
     pub upstream_bytes: IntCounterVec,
+    pub rate_limit_store_errors: IntCounterVec,
     jwks_fetches: IntCounter,
     jwks_failures: IntCounter,
     jwks_key_age: Gauge,
@@ -115,6 +116,12 @@ impl Metrics {
                 "portier_upstream_bytes_total",
                 "Body bytes by upstream and direction",
                 &["upstream", "direction"],
+            )?,
+            rate_limit_store_errors: counter_vec(
+                &r,
+                "portier_rate_limit_store_errors_total",
+                "Rate-limit store failures by the outcome applied",
+                &["outcome"],
             )?,
             jwks_fetches: counter(&r, "portier_jwks_fetches_total", "JWKS fetch attempts")?,
             jwks_failures: counter(

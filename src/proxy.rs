@@ -8,10 +8,10 @@
 //! what earlier phases decided.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
@@ -29,15 +29,22 @@ use pingora::services::background::background_service;
 use pingora::{Error, ErrorSource, ErrorType, Result};
 
 use crate::auth::jwks::{JwksCache, JwksError, JwksSource, KeySet};
+use crate::auth::verify::unix_now;
 use crate::auth::{extract_token, Identity, Verifier};
-use crate::config::{Config, Credentials, HealthCheckKind, JwksSourceConfig, UpstreamConfig};
+use crate::config::{
+    Cidr, Config, Credentials, HealthCheckKind, JwksSourceConfig, RateStoreKind, UpstreamConfig,
+};
 use crate::decision_log::{rfc3339_now, DecisionLog, DecisionRecord};
 use crate::diag::Diagnostics;
 use crate::error::Reason;
+use crate::guards::ratelimit::{MemoryStore, RateStore, RedisFailure, RedisStore};
+use crate::guards::webhook::{
+    self, MemoryReplayStore, RedisReplayStore, ReplayStore, WebhookHeaders, WebhookSecrets,
+};
 use crate::headers::{strip_clerk_cookies, HeaderGuard};
 use crate::metrics::Metrics;
 use crate::path::canonicalize;
-use crate::policy::{decide, Access, Authn, Decision, PolicySet, RequestFacts};
+use crate::policy::{evaluate, Access, Authn, Decision, PolicySet, RequestFacts, MAX_WEBHOOK_BODY};
 
 /// Why the server could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -69,6 +76,99 @@ pub struct Live {
     pub policies: Arc<PolicySet>,
     pub verifier: Arc<Verifier>,
     pub guard: Arc<HeaderGuard>,
+    pub webhooks: Arc<HashMap<String, Arc<Webhook>>>,
+}
+
+/// A configured webhook sender: its secrets (from env vars) and timestamp tolerance.
+pub struct Webhook {
+    pub secrets: WebhookSecrets,
+    pub tolerance: i64,
+}
+
+/// Reads the webhook secrets the config names.
+pub fn build_webhooks(cfg: &Config) -> Result<HashMap<String, Arc<Webhook>>, StartError> {
+    let mut out = HashMap::new();
+    for (name, w) in &cfg.webhooks {
+        let mut secrets = Vec::new();
+        for env in &w.secrets_env {
+            secrets.push(std::env::var(env).map_err(|_| StartError::MissingEnv(env.clone()))?);
+        }
+        let secrets = WebhookSecrets::new(&secrets)
+            .map_err(|e| StartError::Upstream(format!("webhook {name}"), format!("secret: {e}")))?;
+        out.insert(
+            name.clone(),
+            Arc::new(Webhook {
+                secrets,
+                tolerance: w.tolerance_seconds,
+            }),
+        );
+    }
+    Ok(out)
+}
+
+/// The Redis URL the config names (from its env var, or the plain URL).
+fn redis_url(cfg: &Config) -> Result<Option<String>, StartError> {
+    let rl = &cfg.rate_limit;
+    if rl.store != RateStoreKind::Redis {
+        return Ok(None);
+    }
+    match (&rl.redis_url_env, &rl.redis_url) {
+        (Some(env), _) => std::env::var(env)
+            .map(Some)
+            .map_err(|_| StartError::MissingEnv(env.clone())),
+        (None, url) => Ok(url.clone()),
+    }
+}
+
+/// Redis-backed stores, connected on first use: a Redis connection belongs to the tokio
+/// runtime that made it, and Pingora's runtimes only exist once the server runs.
+struct LazyRedis {
+    url: String,
+    timeout: Duration,
+    rate: tokio::sync::OnceCell<RedisStore>,
+    replay: tokio::sync::OnceCell<RedisReplayStore>,
+}
+
+#[async_trait]
+impl RateStore for LazyRedis {
+    async fn hit(
+        &self,
+        key: &str,
+        spec: &crate::guards::ratelimit::RateSpec,
+        now: SystemTime,
+    ) -> std::result::Result<
+        crate::guards::ratelimit::RateOutcome,
+        crate::guards::ratelimit::RateStoreError,
+    > {
+        let store = self
+            .rate
+            .get_or_try_init(|| async { RedisStore::new(&self.url, self.timeout) })
+            .await?;
+        store.hit(key, spec, now).await
+    }
+}
+
+#[async_trait]
+impl ReplayStore for LazyRedis {
+    async fn first_seen(
+        &self,
+        id: &str,
+        ttl: Duration,
+    ) -> std::result::Result<bool, webhook::ReplayError> {
+        let store = self
+            .replay
+            .get_or_try_init(|| async { RedisReplayStore::new(&self.url, self.timeout) })
+            .await?;
+        store.first_seen(id, ttl).await
+    }
+
+    async fn forget(&self, id: &str) -> std::result::Result<(), webhook::ReplayError> {
+        let store = self
+            .replay
+            .get_or_try_init(|| async { RedisReplayStore::new(&self.url, self.timeout) })
+            .await?;
+        store.forget(id).await
+    }
 }
 
 /// Shared, long-lived state of the proxy.
@@ -82,6 +182,9 @@ pub struct Gateway {
     pub(crate) config_path: Option<PathBuf>,
     pub(crate) policies_dir: Option<PathBuf>,
     pub(crate) reload_lock: tokio::sync::Mutex<()>,
+    rate_store: Arc<dyn RateStore>,
+    rate_failure: RedisFailure,
+    replay: Arc<dyn ReplayStore>,
 }
 
 impl Gateway {
@@ -119,6 +222,7 @@ impl Gateway {
             policies: Arc::new(set),
             verifier: cur.verifier.clone(),
             guard: cur.guard.clone(),
+            webhooks: cur.webhooks.clone(),
         });
     }
 
@@ -248,6 +352,11 @@ pub struct Ctx {
     identity: Option<Arc<Identity>>,
     reason: Option<Reason>,
     signed_out_page: bool,
+    body_limit: Option<u64>,
+    body_seen: u64,
+    rate_headers: Vec<(&'static str, String)>,
+    /// The accepted webhook id, forgotten again if the upstream never took the delivery.
+    webhook_id: Option<String>,
 }
 
 /// The `ProxyHttp` implementation: a thin handle on the shared [`Gateway`].
@@ -275,18 +384,22 @@ pub fn is_navigation(req: &RequestHeader) -> bool {
             .is_some_and(|a| a.contains("text/html"))
 }
 
-/// Sends a JSON refusal. Used for policy refusals and upstream failures alike.
-async fn send_error(session: &mut Session, reason: Reason, allow: Option<String>) -> Result<()> {
+/// Sends a JSON refusal with any extra headers (`Allow`, `Retry-After`, `RateLimit`...).
+async fn send_error(
+    session: &mut Session,
+    reason: Reason,
+    extra: &[(&'static str, String)],
+) -> Result<()> {
     let body = Bytes::from(reason.body());
-    let mut resp = ResponseHeader::build(reason.status(), Some(6))?;
+    let mut resp = ResponseHeader::build(reason.status(), Some(6 + extra.len()))?;
     resp.insert_header("content-type", "application/json")?;
     resp.insert_header("content-length", body.len().to_string())?;
     resp.insert_header("cache-control", "no-store")?;
     if reason.is_unauthenticated() {
         resp.insert_header("www-authenticate", reason.www_authenticate())?;
     }
-    if let Some(allow) = allow {
-        resp.insert_header("allow", allow)?;
+    for (k, v) in extra {
+        resp.insert_header(*k, v.as_str())?;
     }
     // An unread request body would be parsed as the next request; close instead.
     if has_body(session.req_header()) {
@@ -302,46 +415,100 @@ async fn send_error(session: &mut Session, reason: Reason, allow: Option<String>
     Ok(())
 }
 
-#[async_trait]
-impl ProxyHttp for Portier {
-    type CTX = Ctx;
+/// A refusal decided in `request_filter`, with the headers that go with it.
+struct Refusal {
+    reason: Reason,
+    headers: Vec<(&'static str, String)>,
+}
 
-    fn new_ctx(&self) -> Ctx {
-        Ctx {
-            started: Some(Instant::now()),
-            ..Ctx::default()
+impl From<Reason> for Refusal {
+    fn from(reason: Reason) -> Self {
+        Refusal {
+            reason,
+            headers: Vec::new(),
         }
     }
+}
 
-    async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+/// The client address: the peer, or, when the peer is a trusted proxy, the right-most
+/// `X-Forwarded-For` entry that is not itself a trusted proxy.
+pub fn client_ip(peer: Option<IpAddr>, xff: Option<&str>, trusted: &[Cidr]) -> Option<IpAddr> {
+    let peer = peer?;
+    if !trusted.iter().any(|c| c.contains(peer)) {
+        return Some(peer);
+    }
+    let mut last = peer;
+    for hop in xff.unwrap_or("").rsplit(',') {
+        match hop.trim().parse::<IpAddr>() {
+            Ok(ip) if trusted.iter().any(|c| c.contains(ip)) => last = ip,
+            Ok(ip) => return Some(ip),
+            Err(_) => return Some(last),
+        }
+    }
+    Some(last)
+}
+
+fn header_bytes(req: &RequestHeader) -> usize {
+    req.headers
+        .iter()
+        .map(|(k, v)| k.as_str().len() + v.len() + 4)
+        .sum::<usize>()
+        + req.uri.to_string().len()
+}
+
+fn content_length(req: &RequestHeader) -> Option<u64> {
+    req.headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse().ok())
+}
+
+impl Portier {
+    /// Everything `request_filter` decides; `Err` is a refusal to send.
+    async fn admit(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+    ) -> Result<std::result::Result<(), Refusal>> {
         let gw = &self.0;
+        let live = gw.live();
+        ctx.live = Some(live.clone());
         let req = session.req_header();
+        let cfg = &live.config;
+        if header_bytes(req) > cfg.limits.max_header_bytes {
+            return Ok(Err(Reason::HeadersTooLarge.into()));
+        }
         let canonical = match canonicalize(req.uri.path()) {
             Ok(p) => p,
             Err(e) => {
                 log::info!("bad path refused: {e}");
-                ctx.reason = Some(Reason::BadPath);
-                send_error(session, Reason::BadPath, None).await?;
-                return Ok(true);
+                return Ok(Err(Reason::BadPath.into()));
             }
         };
-        let live = gw.live();
         let policies = &live.policies;
         let method = req.method.as_str();
         let route = match policies.lookup(method, &canonical) {
             Ok(m) => m,
             Err(reason) => {
-                let allow = (reason == Reason::MethodNotAllowed)
-                    .then(|| policies.allowed_methods(&canonical).join(", "));
-                ctx.reason = Some(reason);
-                ctx.live = Some(live.clone());
-                send_error(session, reason, allow).await?;
-                return Ok(true);
+                let mut refusal = Refusal::from(reason);
+                if reason == Reason::MethodNotAllowed {
+                    refusal
+                        .headers
+                        .push(("allow", policies.allowed_methods(&canonical).join(", ")));
+                }
+                return Ok(Err(refusal));
             }
         };
-        let route_index = route.index;
+        ctx.route = Some(route.index);
         let route_def = route.route;
-        let authn = if route_def.access == Access::Public
+        let body_limit = route_def
+            .max_body_bytes
+            .unwrap_or(cfg.limits.max_body_bytes);
+        ctx.body_limit = Some(body_limit);
+        if content_length(req).is_some_and(|n| n > body_limit) {
+            return Ok(Err(Reason::BodyTooLarge.into()));
+        }
+        let authn = if route_def.access != Access::SignedIn
             && !req.headers.contains_key(http::header::AUTHORIZATION)
             && !req.headers.contains_key(http::header::COOKIE)
         {
@@ -356,49 +523,211 @@ impl ProxyHttp for Portier {
             method,
             navigation: is_navigation(req),
         };
-        let (_, decision) = decide(policies, &canonical, &facts, &authn);
-        ctx.route = Some(route_index);
-        let upstream = gw.upstreams.get(&route_def.upstream).cloned();
-        let forward = match req.uri.query() {
-            Some(q) => format!("{canonical}?{q}"),
-            None => canonical,
-        };
-        match decision {
+        let decision = evaluate(&route, &canonical, &facts, &authn);
+        let (identity, signed_out_page, shadow) = match decision {
             Decision::Deny(reason) => {
                 if let Authn::SignedIn(id) = authn {
                     ctx.identity = Some(id);
                 }
-                ctx.reason = Some(reason);
-                ctx.live = Some(live.clone());
-                send_error(session, reason, None).await?;
-                Ok(true)
+                return Ok(Err(reason.into()));
             }
             Decision::Allow {
                 identity,
                 signed_out_page,
                 shadow,
-            } => {
-                let Some(upstream) = upstream else {
-                    // Policies are checked against the config's upstreams at load; this is a bug.
-                    log::error!(
-                        "route {} names an upstream that is not configured",
-                        route_def.name
-                    );
-                    ctx.reason = Some(Reason::Internal);
-                    send_error(session, Reason::Internal, None).await?;
-                    return Ok(true);
-                };
-                ctx.forward = Some(forward.parse::<http::Uri>().map_err(|e| {
-                    Error::because(ErrorType::InternalError, "canonical path is not a URI", e)
-                })?);
-                ctx.identity = identity;
-                ctx.signed_out_page = signed_out_page;
-                ctx.shadow = shadow;
-                ctx.upstream = Some(upstream);
-                ctx.live = Some(live.clone());
-                Ok(false)
+            } => (identity, signed_out_page, shadow),
+        };
+        ctx.identity = identity;
+        ctx.signed_out_page = signed_out_page;
+        ctx.shadow = shadow;
+        let peer_ip = session
+            .client_addr()
+            .and_then(PingoraAddr::as_inet)
+            .map(|a| a.ip());
+        let xff = req
+            .headers
+            .get("x-forwarded-for")
+            .and_then(|v| v.to_str().ok());
+        let client = client_ip(peer_ip, xff, &cfg.trusted_proxies);
+        if let Some(spec) = &route_def.rate_limit {
+            let who = match (&ctx.identity, client) {
+                (Some(id), _) => format!("u:{}", id.user_id),
+                (None, Some(ip)) => format!("ip:{ip}"),
+                (None, None) => "ip:unknown".to_string(),
+            };
+            let key = format!("{}:{who}", route_def.name);
+            match gw.rate_store.hit(&key, spec, SystemTime::now()).await {
+                Ok(outcome) => {
+                    let headers = outcome.headers(spec);
+                    if !outcome.allowed {
+                        return Ok(Err(Refusal {
+                            reason: Reason::RateLimited,
+                            headers,
+                        }));
+                    }
+                    ctx.rate_headers = headers;
+                }
+                Err(e) => {
+                    let open = gw.rate_failure.allows();
+                    let outcome = if open { "fail_open" } else { "fail_closed" };
+                    gw.metrics
+                        .rate_limit_store_errors
+                        .with_label_values(&[outcome])
+                        .inc();
+                    log::warn!("rate-limit store unavailable ({outcome}): {e}");
+                    if !open {
+                        return Ok(Err(Reason::RateLimitUnavailable.into()));
+                    }
+                }
             }
         }
+        let upstream_name = route_def.upstream.clone();
+        let webhook = route_def.webhook.clone();
+        let forward = match req.uri.query() {
+            Some(q) => format!("{canonical}?{q}"),
+            None => canonical,
+        };
+        ctx.forward = Some(forward.parse::<http::Uri>().map_err(|e| {
+            Error::because(ErrorType::InternalError, "canonical path is not a URI", e)
+        })?);
+        if let Some(name) = webhook {
+            if let Err(reason) = self
+                .verify_webhook(session, ctx, &live, &name, body_limit)
+                .await?
+            {
+                return Ok(Err(reason.into()));
+            }
+        }
+        match gw.upstreams.get(&upstream_name) {
+            Some(up) => ctx.upstream = Some(up.clone()),
+            None => {
+                // Policies are checked against the running upstreams at load; this is a bug.
+                log::error!("a route names upstream {upstream_name:?}, which is not configured");
+                return Ok(Err(Reason::Internal.into()));
+            }
+        }
+        Ok(Ok(()))
+    }
+
+    /// Reads the (bounded) body, checks its Standard Webhooks signature and that its id is new.
+    /// The body is kept in Pingora's retry buffer, from which it is sent upstream unchanged.
+    async fn verify_webhook(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        live: &Live,
+        name: &str,
+        limit: u64,
+    ) -> Result<std::result::Result<(), Reason>> {
+        let Some(hook) = live.webhooks.get(name) else {
+            log::error!("webhook {name:?} has no secrets loaded");
+            return Ok(Err(Reason::Internal));
+        };
+        let limit = limit.min(MAX_WEBHOOK_BODY);
+        let req = session.req_header();
+        let headers =
+            WebhookHeaders::from_lookup(|n| req.headers.get(n).and_then(|v| v.to_str().ok()));
+        session.as_mut().enable_retry_buffering();
+        let mut body = Vec::new();
+        while let Some(chunk) = session.read_request_body().await? {
+            if (body.len() + chunk.len()) as u64 > limit {
+                return Ok(Err(Reason::BodyTooLarge));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        if session.as_ref().retry_buffer_truncated() {
+            return Ok(Err(Reason::BodyTooLarge));
+        }
+        let headers = match headers {
+            Ok(h) => h,
+            Err(e) => return Ok(Err(webhook_reason(&e))),
+        };
+        if let Err(e) = webhook::verify(&hook.secrets, &headers, &body, unix_now(), hook.tolerance)
+        {
+            log::info!("webhook {name} refused: {e}");
+            return Ok(Err(webhook_reason(&e)));
+        }
+        let id = format!("{name}:{}", headers.id);
+        match self
+            .0
+            .replay
+            .first_seen(&id, webhook::replay_window(hook.tolerance))
+            .await
+        {
+            Ok(true) => {
+                ctx.webhook_id = Some(id);
+                Ok(Ok(()))
+            }
+            Ok(false) => Ok(Err(Reason::WebhookReplayed)),
+            Err(e) => {
+                log::warn!("webhook replay store unavailable: {e}");
+                Ok(Err(Reason::ReplayCheckUnavailable))
+            }
+        }
+    }
+}
+
+fn webhook_reason(e: &webhook::WebhookError) -> Reason {
+    match e.reason_code() {
+        "webhook_timestamp_out_of_range" => Reason::WebhookTimestampOutOfRange,
+        _ => Reason::WebhookSignatureInvalid,
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for Portier {
+    type CTX = Ctx;
+
+    fn new_ctx(&self) -> Ctx {
+        Ctx {
+            started: Some(Instant::now()),
+            ..Ctx::default()
+        }
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        match self.admit(session, ctx).await? {
+            Ok(()) => Ok(false),
+            Err(refusal) => {
+                ctx.reason = Some(refusal.reason);
+                send_error(session, refusal.reason, &refusal.headers).await?;
+                Ok(true)
+            }
+        }
+    }
+
+    /// Counts streamed body bytes: a body longer than the route allows (or than it announced)
+    /// is cut off, and the upstream request is aborted so nothing partial is accepted.
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        if let Some(b) = body {
+            ctx.body_seen += b.len() as u64;
+            if ctx.body_limit.is_some_and(|limit| ctx.body_seen > limit) {
+                ctx.reason = Some(Reason::BodyTooLarge);
+                return Err(Error::explain(
+                    ErrorType::HTTPStatus(413),
+                    "request body over the route limit",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        resp: &mut ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        for (k, v) in ctx.rate_headers.drain(..) {
+            resp.insert_header(k, v)?;
+        }
+        Ok(())
     }
 
     async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
@@ -413,7 +742,14 @@ impl ProxyHttp for Portier {
         })?;
         let mut peer = HttpPeer::new(backend.addr, up.config.tls, up.config.sni.clone());
         peer.options.connection_timeout = Some(up.config.connect_timeout);
-        peer.options.read_timeout = Some(up.config.read_timeout);
+        let route_timeout = ctx
+            .live
+            .as_ref()
+            .zip(ctx.route)
+            .and_then(|(l, i)| l.policies.routes.get(i))
+            .and_then(|r| r.timeout);
+        peer.options.read_timeout = Some(route_timeout.unwrap_or(up.config.read_timeout));
+        peer.options.write_timeout = route_timeout.or(Some(up.config.read_timeout));
         Ok(Box::new(peer))
     }
 
@@ -456,10 +792,16 @@ impl ProxyHttp for Portier {
     }
 
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
+        if let Some(id) = ctx.webhook_id.take() {
+            if let Err(err) = self.0.replay.forget(&id).await {
+                log::warn!("could not forget webhook id after a failed delivery: {err}");
+            }
+        }
         let reason = match e.etype() {
             ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout => {
                 Some(Reason::UpstreamTimeout)
             }
+            ErrorType::HTTPStatus(413) => Some(Reason::BodyTooLarge),
             ErrorType::HTTPStatus(_) => None,
             _ => match e.esource() {
                 ErrorSource::Upstream => Some(Reason::UpstreamUnavailable),
@@ -483,7 +825,7 @@ impl ProxyHttp for Portier {
                         .inc();
                 }
                 ctx.reason = Some(r);
-                if let Err(err) = send_error(session, r, None).await {
+                if let Err(err) = send_error(session, r, &[]).await {
                     log::debug!("could not send error response: {err}");
                 }
                 r.status()
@@ -653,6 +995,24 @@ pub fn build(
         upstreams.insert(name.clone(), build_upstream(u, &mut server)?);
     }
     let metrics = Metrics::new().map_err(|e| StartError::Pingora(e.to_string()))?;
+    let (rate_store, replay): (Arc<dyn RateStore>, Arc<dyn ReplayStore>) = match redis_url(cfg)? {
+        Some(url) => {
+            // Validate the URL now; connect later, inside Pingora's runtime.
+            redis::Client::open(url.as_str())
+                .map_err(|e| StartError::Upstream("redis".into(), e.to_string()))?;
+            let shared = Arc::new(LazyRedis {
+                url,
+                timeout: cfg.rate_limit.redis_timeout,
+                rate: tokio::sync::OnceCell::new(),
+                replay: tokio::sync::OnceCell::new(),
+            });
+            (shared.clone(), shared)
+        }
+        None => (
+            Arc::new(MemoryStore::new(1_000_000)),
+            Arc::new(MemoryReplayStore::new(1_000_000)),
+        ),
+    };
     let decision_log =
         DecisionLog::open(&cfg.decision_log).map_err(|e| StartError::Pingora(e.to_string()))?;
     let gateway = Arc::new(Gateway {
@@ -662,6 +1022,7 @@ pub fn build(
             policies: Arc::new(policies),
             verifier: Arc::new(verifier),
             guard: Arc::new(HeaderGuard::new(&cfg.headers)),
+            webhooks: Arc::new(build_webhooks(cfg)?),
         }),
         upstreams,
         metrics,
@@ -669,6 +1030,9 @@ pub fn build(
         config_path: sources.config,
         policies_dir: sources.policies_dir,
         reload_lock: tokio::sync::Mutex::new(()),
+        rate_store,
+        rate_failure: cfg.rate_limit.on_redis_failure,
+        replay,
     });
     gateway.metrics.policy_generation.set(1);
     let mut svc =
@@ -702,8 +1066,7 @@ pub fn build(
 
 /// Loads policies and keys for `cfg` (read from `path`) and builds the server.
 pub fn build_from_config(cfg: &Config, path: &std::path::Path) -> Result<Built, StartError> {
-    let policies = PolicySet::load_dir(&cfg.policies_dir, &cfg.upstream_names())
-        .map_err(StartError::Policies)?;
+    let policies = cfg.load_policies().map_err(StartError::Policies)?;
     let verifier = build_verifier(cfg)?;
     let sources = ReloadSources {
         config: Some(path.to_path_buf()),

@@ -116,19 +116,31 @@ impl Gateway {
                 } else {
                     self.policies_dir.clone().unwrap_or_default()
                 };
-                Arc::new(
-                    PolicySet::load_dir(&dir, &self.upstream_names())
-                        .map_err(ReloadError::Policies)?,
-                )
+                let hooks = cfg.webhook_names();
+                let ups = self.upstream_names();
+                let known = crate::policy::Known {
+                    upstreams: &ups,
+                    webhooks: &hooks,
+                };
+                Arc::new(PolicySet::load_dir_with(&dir, known).map_err(ReloadError::Policies)?)
             }
             None => cur.policies.clone(),
         };
+        let webhooks = if cfg.webhooks == old.webhooks {
+            cur.webhooks.clone()
+        } else {
+            Arc::new(crate::proxy::build_webhooks(&cfg)?)
+        };
+        if cfg.rate_limit != old.rate_limit {
+            restart.push("rate_limit");
+        }
         let live = Live {
             generation: cur.generation + 1,
             config: cfg,
             policies,
             verifier,
             guard,
+            webhooks,
         };
         Ok((live, restart))
     }

@@ -27,7 +27,12 @@ pub async fn serve(listener: tokio::net::TcpListener, handler: Handler) {
                 let handler = handler.clone();
                 async move {
                     let (parts, _body) = req.into_parts();
-                    Ok::<_, Infallible>(handler(parts))
+                    // Handlers may block (tests simulate slow servers); keep them off the
+                    // async workers so one slow answer never stalls the others.
+                    let resp = tokio::task::spawn_blocking(move || handler(parts))
+                        .await
+                        .unwrap_or_else(|_| json_response(500, &Value::Null));
+                    Ok::<_, Infallible>(resp)
                 }
             });
             let _ = hyper::server::conn::http1::Builder::new()

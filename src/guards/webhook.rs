@@ -326,6 +326,64 @@ impl ReplayStore for MemoryReplayStore {
     }
 }
 
+/// Replay ids in Redis, shared by every replica: `SET id 1 NX PX ttl` is atomic, so of two
+/// replicas receiving the same delivery exactly one accepts it.
+#[derive(Clone)]
+pub struct RedisReplayStore {
+    conn: redis::aio::ConnectionManager,
+    timeout: Duration,
+    prefix: String,
+}
+
+impl RedisReplayStore {
+    pub fn new(url: &str, timeout: Duration) -> Result<Self, ReplayError> {
+        let client =
+            redis::Client::open(url).map_err(|e| ReplayError::Unavailable(e.to_string()))?;
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(timeout))
+            .set_response_timeout(Some(timeout))
+            .set_number_of_retries(1)
+            .set_max_delay(timeout);
+        let conn = redis::aio::ConnectionManager::new_lazy_with_config(client, config)
+            .map_err(|e| ReplayError::Unavailable(e.to_string()))?;
+        Ok(RedisReplayStore {
+            conn,
+            timeout,
+            prefix: "portier:wh:".into(),
+        })
+    }
+}
+
+#[async_trait]
+impl ReplayStore for RedisReplayStore {
+    async fn first_seen(&self, id: &str, ttl: Duration) -> Result<bool, ReplayError> {
+        let mut conn = self.conn.clone();
+        let ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
+        let mut cmd = redis::cmd("SET");
+        cmd.arg(format!("{}{id}", self.prefix))
+            .arg(1)
+            .arg("NX")
+            .arg("PX")
+            .arg(ms);
+        let reply: Option<String> = tokio::time::timeout(self.timeout, cmd.query_async(&mut conn))
+            .await
+            .map_err(|_| ReplayError::Unavailable("timed out".into()))?
+            .map_err(|e| ReplayError::Unavailable(e.to_string()))?;
+        Ok(reply.is_some())
+    }
+
+    async fn forget(&self, id: &str) -> Result<(), ReplayError> {
+        let mut conn = self.conn.clone();
+        let mut cmd = redis::cmd("DEL");
+        cmd.arg(format!("{}{id}", self.prefix));
+        let _: i64 = tokio::time::timeout(self.timeout, cmd.query_async(&mut conn))
+            .await
+            .map_err(|_| ReplayError::Unavailable("timed out".into()))?
+            .map_err(|e| ReplayError::Unavailable(e.to_string()))?;
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -59,6 +59,18 @@ struct RawRoute {
     /// Requirements evaluated and logged but not enforced.
     #[serde(default)]
     shadow: Option<Spanned<RawRequirements>>,
+    /// `access = "webhook"`: the name of a `[webhooks.<name>]` in config.toml.
+    #[serde(default)]
+    webhook: Option<Spanned<String>>,
+    /// Per-caller limit such as "5/min" (by user id; by client address on public routes).
+    #[serde(default)]
+    rate_limit: Option<Spanned<String>>,
+    /// Request body limit for this route (overrides `[limits] max_body_bytes`).
+    #[serde(default)]
+    max_body_bytes: Option<u64>,
+    /// Upstream answer timeout for this route (overrides the upstream's read timeout): 504.
+    #[serde(default)]
+    timeout_ms: Option<u64>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -86,6 +98,8 @@ pub enum Access {
     Public,
     /// A verified session token is required (the default).
     SignedIn,
+    /// A webhook signature (Standard Webhooks / Svix) is required instead of a session.
+    Webhook,
 }
 
 /// Whether a route's rules are enforced or only evaluated and logged (a dry run).
@@ -217,6 +231,11 @@ pub struct Route {
     pub requires: Vec<Requirement>,
     /// Requirements only evaluated and logged.
     pub shadow: Vec<Requirement>,
+    /// For `access = "webhook"`: which configured webhook secrets verify it.
+    pub webhook: Option<String>,
+    pub rate_limit: Option<crate::guards::ratelimit::RateSpec>,
+    pub max_body_bytes: Option<u64>,
+    pub timeout: Option<std::time::Duration>,
     pub params: Vec<String>,
     pub(crate) segs: Vec<PatSeg>,
 }
@@ -228,6 +247,17 @@ pub struct PolicySet {
     pub routes: Vec<Route>,
     router: Router,
 }
+
+/// Names from the config that policies may refer to.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Known<'a> {
+    pub upstreams: &'a [&'a str],
+    pub webhooks: &'a [&'a str],
+}
+
+/// Largest body a webhook route may buffer: it is read whole to check the signature and
+/// replayed to the upstream from Pingora's retry buffer, which holds 64 KiB.
+pub const MAX_WEBHOOK_BODY: u64 = 64 * 1024;
 
 /// A route found for a request, with its parameter values.
 #[derive(Debug)]
@@ -241,14 +271,37 @@ impl PolicySet {
     /// Loads and compiles every `*.toml` in `dir`. `upstreams` are the names declared in the
     /// config; a route naming another is an error. All problems are reported at once.
     pub fn load_dir(dir: &Path, upstreams: &[&str]) -> Result<PolicySet, Diagnostics> {
+        Self::load_dir_with(
+            dir,
+            Known {
+                upstreams,
+                webhooks: &[],
+            },
+        )
+    }
+
+    pub fn load_dir_with(dir: &Path, known: Known<'_>) -> Result<PolicySet, Diagnostics> {
         let sources = read_dir_sources(dir)?;
-        Self::compile(&sources, upstreams)
+        Self::compile_with(&sources, known)
     }
 
     /// Compiles policy sources (`(file name, text)`), collecting every error.
     pub fn compile(
         sources: &[(PathBuf, String)],
         upstreams: &[&str],
+    ) -> Result<PolicySet, Diagnostics> {
+        Self::compile_with(
+            sources,
+            Known {
+                upstreams,
+                webhooks: &[],
+            },
+        )
+    }
+
+    pub fn compile_with(
+        sources: &[(PathBuf, String)],
+        known: Known<'_>,
     ) -> Result<PolicySet, Diagnostics> {
         let mut diags = Diagnostics::default();
         let mut set = PolicySet::default();
@@ -263,7 +316,7 @@ impl PolicySet {
             };
             for r in raw.route {
                 let Some((route, (name_at, path_at))) =
-                    compile_route(file, src, r, upstreams, &mut diags)
+                    compile_route(file, src, r, known, &mut diags)
                 else {
                     continue;
                 };
@@ -515,9 +568,10 @@ fn compile_route(
     file: &Path,
     src: &str,
     r: RawRoute,
-    upstreams: &[&str],
+    known: Known<'_>,
     diags: &mut Diagnostics,
 ) -> Option<(Route, (usize, usize))> {
+    let upstreams = known.upstreams;
     let before = diags.0.len();
     let err = |diags: &mut Diagnostics, at: usize, key: &str, msg: String| {
         diags.push(Diagnostic::at(file, src, at, key, msg));
@@ -616,6 +670,68 @@ fn compile_route(
             "a public route cannot have requirements (use [route.shadow] to watch them)".into(),
         );
     }
+    if let (Access::Webhook, Some(at)) = (access, req_at) {
+        err(
+            diags,
+            at,
+            "route.access",
+            "a webhook route cannot have session requirements".into(),
+        );
+    }
+    let webhook = match (access, r.webhook) {
+        (Access::Webhook, Some(w)) => {
+            let at = w.span().start;
+            let w = w.into_inner();
+            if !known.webhooks.contains(&w.as_str()) {
+                diags.push(
+                    Diagnostic::at(
+                        file,
+                        src,
+                        at,
+                        "route.webhook",
+                        format!(
+                            "unknown webhook {w:?} (config declares: {})",
+                            known.webhooks.join(", ")
+                        ),
+                    )
+                    .code("unknown_webhook"),
+                );
+            }
+            Some(w)
+        }
+        (Access::Webhook, None) => {
+            err(diags, name_at, "route.webhook", "access = \"webhook\" needs webhook = \"<name of a [webhooks.<name>] in config.toml>\"".into());
+            None
+        }
+        (_, Some(w)) => {
+            err(
+                diags,
+                w.span().start,
+                "route.webhook",
+                "only used with access = \"webhook\"".into(),
+            );
+            None
+        }
+        (_, None) => None,
+    };
+    if access == Access::Webhook && r.max_body_bytes.is_some_and(|m| m > MAX_WEBHOOK_BODY) {
+        err(diags, name_at, "route.max_body_bytes", format!("a webhook route buffers its body to check the signature: at most {MAX_WEBHOOK_BODY}"));
+    }
+    let rate_limit = r.rate_limit.and_then(|rl| {
+        let at = rl.span().start;
+        match rl.get_ref().parse::<crate::guards::ratelimit::RateSpec>() {
+            Ok(spec) => Some(spec),
+            Err(e) => {
+                err(
+                    diags,
+                    at,
+                    "route.rate_limit",
+                    format!("{:?}: {e} (write e.g. \"5/min\", \"100/s\")", rl.get_ref()),
+                );
+                None
+            }
+        }
+    });
     let shadow = match r.shadow {
         None => Vec::new(),
         Some(s) => {
@@ -650,6 +766,16 @@ fn compile_route(
             page: r.page,
             requires,
             shadow,
+            webhook,
+            rate_limit,
+            max_body_bytes: r.max_body_bytes.map(|m| {
+                if access == Access::Webhook {
+                    m.min(MAX_WEBHOOK_BODY)
+                } else {
+                    m
+                }
+            }),
+            timeout: r.timeout_ms.map(std::time::Duration::from_millis),
             params,
             segs,
         },
@@ -778,6 +904,8 @@ pub fn evaluate(m: &RouteMatch<'_>, path: &str, req: &RequestFacts<'_>, authn: &
     let route = m.route;
     let shadow_mode = route.mode == Mode::Shadow;
     let identity = match (route.access, authn) {
+        // The proxy verified the webhook signature before policy runs; no session is involved.
+        (Access::Webhook, _) => return Decision::allow(None),
         (_, Authn::SignedIn(id)) => id,
         (Access::Public, Authn::SignedOut { .. }) => return Decision::allow(None),
         (Access::SignedIn, Authn::SignedOut { reason, source }) => {
@@ -899,6 +1027,10 @@ pub fn explain(set: &PolicySet, path: &str, req: &RequestFacts<'_>, authn: &Auth
     let access = match route.access {
         Access::Public => "access: public".to_string(),
         Access::SignedIn => "access: signed in".to_string(),
+        Access::Webhook => format!(
+            "access: webhook signature ({}; checked on the body by the proxy)",
+            route.webhook.as_deref().unwrap_or("?")
+        ),
     };
     steps.push(Step {
         check: match (signed_in, auth_reason) {

@@ -12,7 +12,6 @@ use std::time::Duration;
 
 use portier::config::Config;
 use portier::dev::{json_response, serve, DevIssuer};
-use portier::policy::PolicySet;
 use portier::proxy::{self, Gateway, ShutdownHandle};
 use serde_json::{json, Value};
 
@@ -336,7 +335,8 @@ impl Setup {
         }
     }
 
-    pub fn start(self) -> Portier {
+    /// Writes config.toml and the policies into a fresh directory.
+    pub fn write(self) -> (TempDir, PathBuf, SocketAddr) {
         let dir = TempDir::new();
         let listen = free_port();
         // Port 1: nothing listens there, so connections are refused at once.
@@ -400,8 +400,13 @@ path = "{log}"
         std::fs::write(&cfg_path, &config).expect("write config");
         std::fs::create_dir_all(dir.0.join("policies")).expect("mkdir");
         std::fs::write(dir.0.join("policies/test.toml"), &self.policies).expect("write policies");
+        (dir, cfg_path, listen)
+    }
+
+    pub fn start(self) -> Portier {
+        let (dir, cfg_path, listen) = self.write();
         let cfg = Config::load(&cfg_path).unwrap_or_else(|d| panic!("config:\n{d}"));
-        PolicySet::load_dir(&cfg.policies_dir, &cfg.upstream_names())
+        cfg.load_policies()
             .unwrap_or_else(|d| panic!("policies:\n{d}"));
         let built = proxy::build_from_config(&cfg, &cfg_path).expect("build");
         let gateway = built.gateway.clone();
@@ -461,7 +466,7 @@ pub fn get(addr: SocketAddr, target: &str, headers: &[(&str, &str)]) -> Resp {
     raw(addr, "GET", target, headers)
 }
 
-fn parse(buf: &[u8]) -> Resp {
+pub fn parse(buf: &[u8]) -> Resp {
     let text = String::from_utf8_lossy(buf);
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
     let mut lines = head.lines();
@@ -556,5 +561,203 @@ impl World {
     pub fn get_as(&self, target: &str, token: &str) -> Resp {
         let auth = bearer(token);
         self.get(target, &[("Authorization", &auth)])
+    }
+}
+
+/// What a body-recording upstream received.
+#[derive(Debug, Clone)]
+pub struct SeenBody {
+    pub path: String,
+    pub headers: BTreeMap<String, String>,
+    pub body: Vec<u8>,
+    /// False when the client (Portier) aborted the body midway.
+    pub complete: bool,
+}
+
+/// An upstream that reads and records whole request bodies.
+pub struct BodyUpstream {
+    pub addr: SocketAddr,
+    pub seen: Arc<Mutex<Vec<SeenBody>>>,
+}
+
+impl BodyUpstream {
+    pub fn start() -> BodyUpstream {
+        use http_body_util::BodyExt;
+        let (l, addr) = listener();
+        let seen: Arc<Mutex<Vec<SeenBody>>> = Arc::new(Mutex::new(Vec::new()));
+        let s = seen.clone();
+        runtime().spawn(async move {
+            loop {
+                let Ok((stream, _)) = l.accept().await else {
+                    continue;
+                };
+                let s = s.clone();
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(
+                        move |req: http::Request<hyper::body::Incoming>| {
+                            let s = s.clone();
+                            async move {
+                                let (parts, body) = req.into_parts();
+                                let (body, complete) = match body.collect().await {
+                                    Ok(b) => (b.to_bytes().to_vec(), true),
+                                    Err(_) => (Vec::new(), false),
+                                };
+                                let headers = parts
+                                    .headers
+                                    .iter()
+                                    .map(|(k, v)| {
+                                        (
+                                            k.as_str().to_string(),
+                                            String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                                        )
+                                    })
+                                    .collect();
+                                if let Ok(mut s) = s.lock() {
+                                    s.push(SeenBody {
+                                        path: parts.uri.to_string(),
+                                        headers,
+                                        body,
+                                        complete,
+                                    });
+                                }
+                                Ok::<_, std::convert::Infallible>(json_response(
+                                    200,
+                                    &json!({"ok": true}),
+                                ))
+                            }
+                        },
+                    );
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        BodyUpstream { addr, seen }
+    }
+
+    pub fn requests(&self) -> Vec<SeenBody> {
+        self.seen.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+}
+
+/// Sends a request with a body (`Content-Length`, or chunked when `chunked`).
+pub fn send_body(
+    addr: SocketAddr,
+    method: &str,
+    target: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+    chunked: bool,
+) -> Resp {
+    let mut s = TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let mut req =
+        format!("{method} {target} HTTP/1.1\r\nHost: portier.test\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    if chunked {
+        req.push_str("Transfer-Encoding: chunked\r\n\r\n");
+    } else {
+        req.push_str(&format!("Content-Length: {}\r\n\r\n", body.len()));
+    }
+    let _ = s.write_all(req.as_bytes());
+    if chunked {
+        for part in body.chunks(16 * 1024) {
+            let _ = s.write_all(format!("{:x}\r\n", part.len()).as_bytes());
+            let _ = s.write_all(part);
+            let _ = s.write_all(b"\r\n");
+        }
+        let _ = s.write_all(b"0\r\n\r\n");
+    } else {
+        let _ = s.write_all(body);
+    }
+    let mut buf = Vec::new();
+    let _ = s.read_to_end(&mut buf);
+    parse(&buf)
+}
+
+/// A `redis-server` on a free port below the ephemeral range, killed on drop.
+pub struct Redis {
+    pub port: u16,
+    child: std::process::Child,
+}
+
+impl Redis {
+    pub fn start() -> Redis {
+        let port = free_port().port();
+        let child = std::process::Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server is required (scripts/setup installs it)");
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        assert!(
+            proxy::wait_listening(addr, Duration::from_secs(10)),
+            "redis-server did not start"
+        );
+        Redis { port, child }
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// `portier run` as a child process (a real replica), killed on drop.
+pub struct PortierProcess {
+    pub addr: SocketAddr,
+    child: std::process::Child,
+    _dir: TempDir,
+}
+
+impl PortierProcess {
+    pub fn start(setup: Setup) -> PortierProcess {
+        let (dir, cfg, addr) = setup.write();
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_portier"))
+            .args(["run", "-c"])
+            .arg(&cfg)
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("start portier");
+        assert!(
+            proxy::wait_listening(addr, Duration::from_secs(15)),
+            "portier process did not start"
+        );
+        PortierProcess {
+            addr,
+            child,
+            _dir: dir,
+        }
+    }
+}
+
+impl Drop for PortierProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
