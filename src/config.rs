@@ -39,6 +39,70 @@ struct RawConfig {
     rate_limit: Option<Spanned<RawRateLimit>>,
     #[serde(default)]
     webhooks: BTreeMap<String, Spanned<RawWebhook>>,
+    #[serde(default)]
+    s3: Option<Spanned<RawS3>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawS3 {
+    /// `https://s3.<region>.amazonaws.com`, or any S3-compatible endpoint.
+    endpoint: Spanned<String>,
+    region: String,
+    bucket: String,
+    #[serde(default = "default_addressing")]
+    addressing: S3Addressing,
+    #[serde(default = "default_ak_env")]
+    access_key_id_env: String,
+    #[serde(default = "default_sk_env")]
+    secret_access_key_env: String,
+    #[serde(default = "default_token_env")]
+    session_token_env: String,
+    #[serde(default = "default_presign")]
+    presign_default_seconds: u64,
+    #[serde(default = "default_presign")]
+    presign_max_seconds: u64,
+    #[serde(default = "default_connect_timeout")]
+    connect_timeout_ms: u64,
+    #[serde(default = "default_s3_read_timeout")]
+    read_timeout_ms: u64,
+}
+
+fn default_addressing() -> S3Addressing {
+    S3Addressing::VirtualHosted
+}
+fn default_ak_env() -> String {
+    "AWS_ACCESS_KEY_ID".into()
+}
+fn default_sk_env() -> String {
+    "AWS_SECRET_ACCESS_KEY".into()
+}
+fn default_token_env() -> String {
+    "AWS_SESSION_TOKEN".into()
+}
+fn default_presign() -> u64 {
+    3600
+}
+fn default_s3_read_timeout() -> u64 {
+    60_000
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum S3Addressing {
+    Path,
+    VirtualHosted,
+}
+
+/// The bucket behind the reserved upstream `s3`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct S3Config {
+    pub target: crate::s3::S3Target,
+    pub env: crate::s3::EnvNames,
+    pub presign_default: Duration,
+    pub presign_max: Duration,
+    pub connect_timeout: Duration,
+    pub read_timeout: Duration,
 }
 
 #[derive(Debug, Deserialize)]
@@ -548,6 +612,7 @@ pub struct Config {
     pub webhooks: BTreeMap<String, WebhookConfig>,
     /// Proxies whose `X-Forwarded-For` is believed when finding the client address.
     pub trusted_proxies: Vec<Cidr>,
+    pub s3: Option<S3Config>,
 }
 
 impl Config {
@@ -575,7 +640,11 @@ impl Config {
     }
 
     pub fn upstream_names(&self) -> Vec<&str> {
-        self.upstreams.keys().map(String::as_str).collect()
+        let mut names: Vec<&str> = self.upstreams.keys().map(String::as_str).collect();
+        if self.s3.is_some() {
+            names.push(crate::S3_UPSTREAM);
+        }
+        names
     }
 
     pub fn webhook_names(&self) -> Vec<&str> {
@@ -1049,6 +1118,51 @@ impl Checker<'_> {
                 }
             }
         }
+        if upstreams.contains_key(crate::S3_UPSTREAM) {
+            self.err(
+                ups_at,
+                "upstreams.s3",
+                "\"s3\" is reserved for the bucket configured in [s3]",
+            );
+        }
+        let s3 = raw.s3.take().and_then(|s3| {
+            let at = s3.span().start;
+            let r = s3.into_inner();
+            let addressing = match r.addressing {
+                S3Addressing::Path => crate::s3::Addressing::Path,
+                S3Addressing::VirtualHosted => crate::s3::Addressing::VirtualHosted,
+            };
+            let max = crate::s3::MAX_PRESIGN_EXPIRY.as_secs();
+            if r.presign_max_seconds == 0
+                || r.presign_max_seconds > max
+                || r.presign_default_seconds == 0
+                || r.presign_default_seconds > r.presign_max_seconds
+            {
+                self.err(
+                    at,
+                    "s3.presign_max_seconds",
+                    format!("0 < presign_default_seconds <= presign_max_seconds <= {max}"),
+                );
+            }
+            match crate::s3::S3Target::new(r.endpoint.get_ref(), &r.region, &r.bucket, addressing) {
+                Ok(target) => Some(S3Config {
+                    target,
+                    env: crate::s3::EnvNames {
+                        access_key_id: r.access_key_id_env,
+                        secret_access_key: r.secret_access_key_env,
+                        session_token: r.session_token_env,
+                    },
+                    presign_default: Duration::from_secs(r.presign_default_seconds),
+                    presign_max: Duration::from_secs(r.presign_max_seconds),
+                    connect_timeout: Duration::from_millis(r.connect_timeout_ms),
+                    read_timeout: Duration::from_millis(r.read_timeout_ms),
+                }),
+                Err(e) => {
+                    self.err(r.endpoint.span().start, "s3.endpoint", e.to_string());
+                    None
+                }
+            }
+        });
         let decision_log = DecisionLogConfig {
             mode: raw.decision_log.mode,
             sample_rate: rate.clamp(0.0, 1.0),
@@ -1096,6 +1210,7 @@ impl Checker<'_> {
             rate_limit,
             webhooks,
             trusted_proxies,
+            s3,
         })
     }
 }

@@ -196,6 +196,8 @@ pub struct DevServers {
     pub issuer: Arc<DevIssuer>,
     pub jwks_addr: SocketAddr,
     pub echo_addr: SocketAddr,
+    /// The embedded S3-compatible store (signature checking on), and where it keeps objects.
+    pub s3: crate::s3::EmbeddedStore,
     _runtime: tokio::runtime::Runtime,
 }
 
@@ -229,10 +231,16 @@ pub fn start_dev_servers() -> Result<DevServers, DevError> {
         echo_listener,
         Arc::new(|parts| json_response(200, &echo(&parts))),
     ));
+    let (ak, sk) = crate::s3::generate_keys();
+    let root = std::env::temp_dir().join("portier-dev").join("s3");
+    let s3 = runtime
+        .block_on(crate::s3::start(root, "portier-dev", &ak, &sk))
+        .map_err(|e| DevError::Key(format!("embedded S3 store: {e}")))?;
     Ok(DevServers {
         issuer,
         jwks_addr,
         echo_addr,
+        s3,
         _runtime: runtime,
     })
 }
@@ -241,6 +249,10 @@ pub fn start_dev_servers() -> Result<DevServers, DevError> {
 pub const EMBEDDED_POLICIES: &[(&str, &str)] = &[
     ("policies/api.toml", include_str!("../policies/api.toml")),
     ("policies/web.toml", include_str!("../policies/web.toml")),
+    (
+        "policies/files.toml",
+        include_str!("../policies/files.toml"),
+    ),
 ];
 
 /// The dev configuration: the shipped upstream names all pointing at the echo server.
@@ -275,7 +287,17 @@ secrets_env = ["PORTIER_DEV_WORKER_WEBHOOK_SECRET"]
 
 [webhooks.clerk]
 secrets_env = ["PORTIER_DEV_CLERK_WEBHOOK_SECRET"]
+
+[s3]
+endpoint = "http://{s3}"
+region = "us-east-1"
+bucket = "portier-dev"
+addressing = "path"
+access_key_id_env = "PORTIER_DEV_S3_ACCESS_KEY_ID"
+secret_access_key_env = "PORTIER_DEV_S3_SECRET_ACCESS_KEY"
+session_token_env = "PORTIER_DEV_S3_SESSION_TOKEN"
 "#,
+        s3 = servers.s3.addr,
         jwks = servers.jwks_addr,
         echo = servers.echo_addr,
     )

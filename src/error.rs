@@ -75,13 +75,29 @@ pub enum Reason {
     WebhookReplayed,
     /// The shared replay store is unreachable; webhooks are refused rather than risk a replay.
     ReplayCheckUnavailable,
+    /// The request (e.g. a JSON body) is malformed.
+    BadRequest,
+    /// The object key is malformed (empty segments, dot segments, control characters...).
+    BadKey,
+    /// The key's kind folder is not one the route lists.
+    KindNotAllowed,
+    /// An upload without `Content-Length` (S3 needs the length up front).
+    LengthRequired,
+    /// The body's first bytes are not one of the route's content types.
+    UnsupportedMediaType,
+    /// An S3 request Portier does not perform (copy, aws-chunked bodies, multi-delete...).
+    OperationNotSupported,
+    /// No such object.
+    NotFound,
+    /// The store refused Portier's signature or credentials: a configuration problem.
+    UpstreamAuthFailed,
     /// A fault inside Portier; details are in the log.
     Internal,
 }
 
 impl Reason {
     /// Every reason, for documentation and exhaustive tests.
-    pub const ALL: [Reason; 33] = [
+    pub const ALL: [Reason; 41] = [
         Reason::BadPath,
         Reason::TokenMissing,
         Reason::TokenInvalid,
@@ -114,6 +130,14 @@ impl Reason {
         Reason::WebhookTimestampOutOfRange,
         Reason::WebhookReplayed,
         Reason::ReplayCheckUnavailable,
+        Reason::BadRequest,
+        Reason::BadKey,
+        Reason::KindNotAllowed,
+        Reason::LengthRequired,
+        Reason::UnsupportedMediaType,
+        Reason::OperationNotSupported,
+        Reason::NotFound,
+        Reason::UpstreamAuthFailed,
         Reason::Internal,
     ];
 
@@ -151,13 +175,29 @@ impl Reason {
             Reason::WebhookTimestampOutOfRange => "webhook_timestamp_out_of_range",
             Reason::WebhookReplayed => "webhook_replayed",
             Reason::ReplayCheckUnavailable => "replay_check_unavailable",
+            Reason::BadRequest => "bad_request",
+            Reason::BadKey => "bad_key",
+            Reason::KindNotAllowed => "kind_not_allowed",
+            Reason::LengthRequired => "length_required",
+            Reason::UnsupportedMediaType => "unsupported_media_type",
+            Reason::OperationNotSupported => "operation_not_supported",
+            Reason::NotFound => "not_found",
+            Reason::UpstreamAuthFailed => "upstream_auth_failed",
             Reason::Internal => "internal_error",
         }
     }
 
     pub fn status(self) -> u16 {
         match self {
-            Reason::BadPath => 400,
+            Reason::BadPath
+            | Reason::BadRequest
+            | Reason::BadKey
+            | Reason::OperationNotSupported => 400,
+            Reason::KindNotAllowed => 403,
+            Reason::NotFound => 404,
+            Reason::LengthRequired => 411,
+            Reason::UnsupportedMediaType => 415,
+            Reason::UpstreamAuthFailed => 502,
             Reason::TokenMissing
             | Reason::TokenInvalid
             | Reason::TokenInvalidAlgorithm
@@ -232,6 +272,18 @@ impl Reason {
             Reason::WebhookReplayed => "this webhook message was already delivered",
             Reason::ReplayCheckUnavailable => {
                 "webhooks cannot be checked for replays right now; retry later"
+            }
+            Reason::BadRequest => "the request is malformed",
+            Reason::BadKey => "the object key is not a valid key",
+            Reason::KindNotAllowed => "objects of this kind cannot be stored here",
+            Reason::LengthRequired => "uploads need a Content-Length",
+            Reason::UnsupportedMediaType => {
+                "the content is not one of the types this route accepts"
+            }
+            Reason::OperationNotSupported => "this storage operation is not supported",
+            Reason::NotFound => "no such object",
+            Reason::UpstreamAuthFailed => {
+                "the storage backend refused the request; this is a server configuration problem"
             }
             Reason::Internal => "internal error",
         }

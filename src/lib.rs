@@ -12,6 +12,7 @@ pub mod error;
 pub mod explain;
 pub mod guards;
 pub mod headers;
+pub mod logging;
 pub mod metrics;
 pub mod path;
 pub mod policy;
@@ -19,3 +20,6 @@ pub mod proxy;
 pub mod reload;
 pub mod s3;
 pub mod serve;
+
+/// The reserved upstream name of the S3 bucket configured in `[s3]`.
+pub const S3_UPSTREAM: &str = "s3";

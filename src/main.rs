@@ -111,9 +111,7 @@ enum Cmd {
 }
 
 fn init_logging() {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
-        .format_timestamp_millis()
-        .init();
+    portier::logging::init();
 }
 
 fn main() -> ExitCode {
@@ -336,6 +334,8 @@ fn run_dev(listen: SocketAddr, policies: Option<PathBuf>) -> anyhow::Result<()> 
     let clerk_secret = dev::random_webhook_secret();
     std::env::set_var("PORTIER_DEV_WORKER_WEBHOOK_SECRET", &worker_secret);
     std::env::set_var("PORTIER_DEV_CLERK_WEBHOOK_SECRET", &clerk_secret);
+    std::env::set_var("PORTIER_DEV_S3_ACCESS_KEY_ID", &servers.s3.access_key);
+    std::env::set_var("PORTIER_DEV_S3_SECRET_ACCESS_KEY", &servers.s3.secret_key);
     servers.issuer.save(&dev::state_file())?;
     let mut cfg = Config::parse(Path::new("<dev>"), &dev::dev_config_toml(listen, &servers))
         .map_err(|d| anyhow!("dev config:\n{d}"))?;
@@ -408,8 +408,15 @@ Try (tokens below are valid for 1 hour; mint more with `portier token --sub user
   curl -s http://{listen}/api/books/1 -H 'Authorization: Bearer {pro}' -H 'X_Portier_User_Id: user_999'
   curl -s http://{listen}/api/books/%2e%2e/admin
 
+  # files in the embedded S3 store (signature-checking, in {s3root}): upload, list, download
+  curl -s -X PUT --data-binary @README.md http://{listen}/api/files/user_123/books/readme.md -H 'Authorization: Bearer {pro}'
+  curl -s 'http://{listen}/api/files/?prefix=books/' -H 'Authorization: Bearer {pro}'
+  curl -s http://{listen}/api/files/user_123/books/readme.md -H 'Authorization: Bearer {pro}'
+  curl -s -X POST http://{listen}/api/files/presigned-url -H 'Authorization: Bearer {pro}' -d '{{"key":"user_123/books/readme.md","method":"GET"}}'
+
 Webhook secrets for this run: workers {worker_secret}  clerk {clerk_secret}
 "#,
+        s3root = servers.s3.root.display(),
         iss = servers.issuer.issuer,
         jwks = servers.jwks_addr,
         echo = servers.echo_addr,

@@ -44,7 +44,15 @@ use crate::guards::webhook::{
 use crate::headers::{strip_clerk_cookies, HeaderGuard};
 use crate::metrics::Metrics;
 use crate::path::canonicalize;
-use crate::policy::{evaluate, Access, Authn, Decision, PolicySet, RequestFacts, MAX_WEBHOOK_BODY};
+use crate::policy::{
+    evaluate, object_key, Access, Authn, ContentType, Decision, PolicySet, RequestFacts, S3Mode,
+    MAX_WEBHOOK_BODY,
+};
+use crate::s3::front::{
+    error_code, keep_client_header, list_query, map_store_status, object_path, PresignRequest,
+    S3Backend,
+};
+use crate::s3::{canonical_key, kind_folder, sign_headers, Payload};
 
 /// Why the server could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -185,6 +193,7 @@ pub struct Gateway {
     rate_store: Arc<dyn RateStore>,
     rate_failure: RedisFailure,
     replay: Arc<dyn ReplayStore>,
+    s3: Option<Arc<S3Backend>>,
 }
 
 impl Gateway {
@@ -357,6 +366,10 @@ pub struct Ctx {
     rate_headers: Vec<(&'static str, String)>,
     /// The accepted webhook id, forgotten again if the upstream never took the delivery.
     webhook_id: Option<String>,
+    s3: Option<S3Call>,
+    /// A store error being replaced by a JSON answer: the reason, the store's status, and the
+    /// store's error document collected for the log.
+    s3_error: Option<(Reason, u16, Vec<u8>)>,
 }
 
 /// The `ProxyHttp` implementation: a thin handle on the shared [`Gateway`].
@@ -415,6 +428,50 @@ async fn send_error(
     Ok(())
 }
 
+/// What `request_filter` decided for an admitted request.
+enum Admitted {
+    /// Forward to the upstream (or the S3 store).
+    Proxy,
+    /// Answer here with this JSON (presigned URLs).
+    Respond(String),
+}
+
+/// What the S3 part of admission needs from the routing part.
+struct S3Admission {
+    route: usize,
+    params: Vec<crate::policy::router::Span>,
+    canonical: String,
+    query: Option<String>,
+    method: String,
+    body_limit: u64,
+}
+
+/// An admitted S3 operation: the method and the absolute store URI it is signed for.
+pub struct S3Call {
+    method: String,
+    uri: http::Uri,
+}
+
+/// Reads body bytes until `n` are in hand (or the body ends) without consuming them: they stay
+/// in Pingora's retry buffer and go upstream first.
+async fn sniff_body(session: &mut Session, n: usize) -> Result<Vec<u8>> {
+    session.as_mut().enable_retry_buffering();
+    let mut head = Vec::new();
+    while head.len() < n {
+        match session.read_request_body().await? {
+            Some(chunk) => head.extend_from_slice(&chunk),
+            None => break,
+        }
+    }
+    if session.as_ref().retry_buffer_truncated() {
+        return Err(Error::explain(
+            ErrorType::InternalError,
+            "sniffed body exceeds the retry buffer",
+        ));
+    }
+    Ok(head)
+}
+
 /// A refusal decided in `request_filter`, with the headers that go with it.
 struct Refusal {
     reason: Reason,
@@ -464,12 +521,61 @@ fn content_length(req: &RequestHeader) -> Option<u64> {
 }
 
 impl Portier {
+    /// Turns an admitted S3 request into the store's request: only allow-listed client headers
+    /// stay (no Authorization, cookie, identity or other `x-amz-*` header), the URI is the
+    /// bucket's, and a fresh SigV4 signature over `UNSIGNED-PAYLOAD` lets the body stream.
+    fn sign_for_s3(&self, req: &mut RequestHeader, call: &S3Call) -> Result<()> {
+        let b = self
+            .0
+            .s3
+            .as_ref()
+            .ok_or_else(|| Error::explain(ErrorType::InternalError, "no S3 backend"))?;
+        let dropped: Vec<http::HeaderName> = req
+            .headers
+            .keys()
+            .filter(|n| !keep_client_header(n.as_str()))
+            .cloned()
+            .collect();
+        for name in dropped {
+            req.remove_header(&name);
+        }
+        let origin_form: http::Uri = call
+            .uri
+            .path_and_query()
+            .map_or("/", |pq| pq.as_str())
+            .parse()
+            .map_err(|e| Error::because(ErrorType::InternalError, "S3 URI", e))?;
+        req.set_uri(origin_form);
+        let payload = if call.method == "PUT" {
+            Payload::Unsigned
+        } else {
+            Payload::Empty
+        };
+        let signed = sign_headers(
+            &b.credentials,
+            b.config.target.region(),
+            &call.method,
+            &call.uri,
+            &req.headers,
+            payload,
+            SystemTime::now(),
+        )
+        .map_err(|e| {
+            log::error!("SigV4 signing failed: {e}");
+            Error::explain(ErrorType::InternalError, "SigV4 signing failed")
+        })?;
+        for (k, v) in signed {
+            req.insert_header(k, v)?;
+        }
+        Ok(())
+    }
+
     /// Everything `request_filter` decides; `Err` is a refusal to send.
     async fn admit(
         &self,
         session: &mut Session,
         ctx: &mut Ctx,
-    ) -> Result<std::result::Result<(), Refusal>> {
+    ) -> Result<std::result::Result<Admitted, Refusal>> {
         let gw = &self.0;
         let live = gw.live();
         ctx.live = Some(live.clone());
@@ -505,7 +611,8 @@ impl Portier {
             .max_body_bytes
             .unwrap_or(cfg.limits.max_body_bytes);
         ctx.body_limit = Some(body_limit);
-        if content_length(req).is_some_and(|n| n > body_limit) {
+        // S3 object routes size uploads per kind folder, in `admit_s3`.
+        if route_def.s3.is_none() && content_length(req).is_some_and(|n| n > body_limit) {
             return Ok(Err(Reason::BodyTooLarge.into()));
         }
         let authn = if route_def.access != Access::SignedIn
@@ -581,6 +688,17 @@ impl Portier {
                 }
             }
         }
+        if route_def.s3.is_some() {
+            let call = S3Admission {
+                route: route.index,
+                params: route.params.clone(),
+                canonical: canonical.clone(),
+                query: req.uri.query().map(str::to_string),
+                method: method.to_string(),
+                body_limit,
+            };
+            return self.admit_s3(session, ctx, &live, call, &authn).await;
+        }
         let upstream_name = route_def.upstream.clone();
         let webhook = route_def.webhook.clone();
         let forward = match req.uri.query() {
@@ -606,7 +724,180 @@ impl Portier {
                 return Ok(Err(Reason::Internal.into()));
             }
         }
-        Ok(Ok(()))
+        Ok(Ok(Admitted::Proxy))
+    }
+
+    /// S3 routes: object operations (signed for the bucket in `upstream_request_filter`) and
+    /// presigned URLs (answered here).
+    async fn admit_s3(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        live: &Arc<Live>,
+        call: S3Admission,
+        authn: &Authn,
+    ) -> Result<std::result::Result<Admitted, Refusal>> {
+        let Some(backend) = self.0.s3.clone() else {
+            log::error!("an s3 route is configured but [s3] is not");
+            return Ok(Err(Reason::Internal.into()));
+        };
+        let route = &live.policies.routes[call.route];
+        if route.s3 == Some(S3Mode::Presign) {
+            return self.presign(session, live, route, &backend, authn).await;
+        }
+        let req = session.req_header();
+        let h = |n: &str| {
+            req.headers
+                .get(n)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+        };
+        if req.headers.contains_key("x-amz-copy-source")
+            || h("content-encoding").contains("aws-chunked")
+            || h("x-amz-content-sha256").starts_with("STREAMING-")
+            || !h("x-amz-decoded-content-length").is_empty()
+        {
+            // Copies would need the source key checked, and aws-chunked bodies would be stored
+            // with their chunk envelope: refuse both rather than forward them.
+            return Ok(Err(Reason::OperationNotSupported.into()));
+        }
+        let key = match object_key(route, &call.canonical, &call.params) {
+            None => None,
+            Some(Ok(k)) => Some(k),
+            Some(Err(e)) => {
+                log::info!("bad object key: {e}");
+                return Ok(Err(Reason::BadKey.into()));
+            }
+        };
+        let target = &backend.config.target;
+        let uri = match (call.method.as_str(), &key) {
+            ("GET", None) => {
+                let Some(id) = &ctx.identity else {
+                    return Ok(Err(Reason::TokenMissing.into()));
+                };
+                match list_query(&id.user_id, call.query.as_deref()) {
+                    Ok(q) => target.bucket_uri(&q),
+                    Err(e) => {
+                        log::info!("list refused: {e}");
+                        return Ok(Err(Reason::OperationNotSupported.into()));
+                    }
+                }
+            }
+            (_, None) => return Ok(Err(Reason::BadKey.into())),
+            ("GET" | "HEAD" | "DELETE", Some(k)) => target.object_uri(k),
+            ("PUT", Some(k)) => {
+                let rule = kind_folder(k).and_then(|kind| route.kinds.get(kind));
+                let limit = rule
+                    .and_then(|r| r.max_body_bytes)
+                    .unwrap_or(call.body_limit);
+                let Some(length) = content_length(req) else {
+                    // S3 needs the length of a PutObject up front; refuse as S3 does.
+                    return Ok(Err(Reason::LengthRequired.into()));
+                };
+                if length > limit {
+                    return Ok(Err(Reason::BodyTooLarge.into()));
+                }
+                ctx.body_limit = Some(limit);
+                let types = rule.map(|r| r.content_types.clone()).unwrap_or_default();
+                if !types.is_empty() {
+                    let head = sniff_body(session, ContentType::SNIFF_LEN).await?;
+                    if !types.iter().any(|t| t.matches(&head)) {
+                        return Ok(Err(Reason::UnsupportedMediaType.into()));
+                    }
+                }
+                target.object_uri(k)
+            }
+            _ => return Ok(Err(Reason::MethodNotAllowed.into())),
+        };
+        let uri = uri.map_err(|e| {
+            log::error!("cannot build the S3 URI: {e}");
+            Error::explain(ErrorType::InternalError, "S3 URI")
+        })?;
+        ctx.s3 = Some(S3Call {
+            method: call.method,
+            uri,
+        });
+        Ok(Ok(Admitted::Proxy))
+    }
+
+    /// `POST .../presigned-url`: the object route's own policy decides, for the method and key
+    /// asked, exactly as for a direct request; then Portier signs a URL for the store.
+    async fn presign(
+        &self,
+        session: &mut Session,
+        live: &Arc<Live>,
+        route: &crate::policy::Route,
+        backend: &S3Backend,
+        authn: &Authn,
+    ) -> Result<std::result::Result<Admitted, Refusal>> {
+        const MAX_PRESIGN_BODY: usize = 8 * 1024;
+        let mut body = Vec::new();
+        while let Some(chunk) = session.read_request_body().await? {
+            if body.len() + chunk.len() > MAX_PRESIGN_BODY {
+                return Ok(Err(Reason::BodyTooLarge.into()));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        let Ok(ask) = serde_json::from_slice::<PresignRequest>(&body) else {
+            return Ok(Err(Reason::BadRequest.into()));
+        };
+        let Ok(key) = canonical_key(&ask.key) else {
+            return Ok(Err(Reason::BadKey.into()));
+        };
+        let policies = &live.policies;
+        let target_route = route
+            .presign_for
+            .as_deref()
+            .and_then(|n| policies.routes.iter().position(|r| r.name == n));
+        let Some((target_index, pattern)) =
+            target_route.map(|i| (i, policies.routes[i].pattern.clone()))
+        else {
+            log::error!("presign route {} names no object route", route.name);
+            return Ok(Err(Reason::Internal.into()));
+        };
+        let Some(path) = object_path(&pattern, &key).and_then(|p| canonicalize(&p).ok()) else {
+            return Ok(Err(Reason::BadKey.into()));
+        };
+        let method = ask.method.as_str();
+        let m = match policies.lookup(method, &path) {
+            Ok(m) if m.index == target_index => m,
+            Ok(_) => return Ok(Err(Reason::NoRoute.into())),
+            Err(r) => return Ok(Err(r.into())),
+        };
+        let facts = RequestFacts {
+            method,
+            navigation: false,
+        };
+        if let Decision::Deny(reason) = evaluate(&m, &path, &facts, authn) {
+            return Ok(Err(reason.into()));
+        }
+        let cfg = &backend.config;
+        let expires = ask
+            .expires_in
+            .map(Duration::from_secs)
+            .unwrap_or(cfg.presign_default)
+            .min(cfg.presign_max);
+        let url = match crate::s3::presign(
+            &backend.credentials,
+            &cfg.target,
+            method,
+            &key,
+            expires,
+            SystemTime::now(),
+        ) {
+            Ok(u) => u,
+            Err(e) => {
+                log::error!("presigning failed: {e}");
+                return Ok(Err(Reason::Internal.into()));
+            }
+        };
+        let body = serde_json::json!({
+            "url": url,
+            "method": method,
+            "key": key,
+            "expires_in": expires.as_secs(),
+        });
+        Ok(Ok(Admitted::Respond(body.to_string())))
     }
 
     /// Reads the (bounded) body, checks its Standard Webhooks signature and that its id is new.
@@ -687,13 +978,55 @@ impl ProxyHttp for Portier {
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         match self.admit(session, ctx).await? {
-            Ok(()) => Ok(false),
+            Ok(Admitted::Proxy) => Ok(false),
+            Ok(Admitted::Respond(body)) => {
+                let body = Bytes::from(body);
+                let mut resp = ResponseHeader::build(200, Some(3))?;
+                resp.insert_header("content-type", "application/json")?;
+                resp.insert_header("content-length", body.len().to_string())?;
+                resp.insert_header("cache-control", "no-store")?;
+                session.write_response_header(Box::new(resp), false).await?;
+                session.write_response_body(Some(body), true).await?;
+                Ok(true)
+            }
             Err(refusal) => {
                 ctx.reason = Some(refusal.reason);
                 send_error(session, refusal.reason, &refusal.headers).await?;
                 Ok(true)
             }
         }
+    }
+
+    /// Replaces a store error document with Portier's JSON answer, logging the store's code.
+    fn response_body_filter(
+        &self,
+        session: &mut Session,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut Ctx,
+    ) -> Result<Option<Duration>> {
+        let Some((reason, status, doc)) = &mut ctx.s3_error else {
+            return Ok(None);
+        };
+        if let Some(b) = body.take() {
+            if doc.len() < 16 * 1024 {
+                doc.extend_from_slice(&b);
+            }
+        }
+        if end_of_stream {
+            let code = error_code(doc).unwrap_or_else(|| "-".into());
+            if *reason == Reason::UpstreamAuthFailed {
+                log::error!(
+                    "the S3 store refused Portier's credentials or signature: HTTP {status} {code}"
+                );
+            } else {
+                log::info!("S3 answered HTTP {status} {code} -> {}", reason.code());
+            }
+            if session.req_header().method != http::Method::HEAD {
+                *body = Some(Bytes::from(reason.body()));
+            }
+        }
+        Ok(None)
     }
 
     /// Counts streamed body bytes: a body longer than the route allows (or than it announced)
@@ -720,10 +1053,42 @@ impl ProxyHttp for Portier {
 
     async fn response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         resp: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
+        if ctx.s3.is_some() {
+            let status = resp.status.as_u16();
+            if let Some(reason) = map_store_status(status) {
+                let body_len = reason.body().len();
+                for h in [
+                    "content-length",
+                    "transfer-encoding",
+                    "content-type",
+                    "etag",
+                    "last-modified",
+                    "content-range",
+                    "accept-ranges",
+                ] {
+                    resp.remove_header(h);
+                }
+                resp.set_status(reason.status())?;
+                resp.insert_header("content-type", "application/json")?;
+                resp.insert_header("content-length", body_len.to_string())?;
+                resp.insert_header("cache-control", "no-store")?;
+                if reason.status() >= 500 {
+                    self.0
+                        .metrics
+                        .upstream_errors
+                        .with_label_values(&[crate::S3_UPSTREAM, reason.code()])
+                        .inc();
+                }
+                if session.req_header().method == http::Method::HEAD {
+                    log::warn!("S3 answered {status} to a HEAD: {}", reason.code());
+                }
+                ctx.s3_error = Some((reason, status, Vec::new()));
+            }
+        }
         for (k, v) in ctx.rate_headers.drain(..) {
             resp.insert_header(k, v)?;
         }
@@ -731,6 +1096,24 @@ impl ProxyHttp for Portier {
     }
 
     async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+        if ctx.s3.is_some() {
+            let b = self
+                .0
+                .s3
+                .as_ref()
+                .ok_or_else(|| Error::explain(ErrorType::InternalError, "no S3 backend"))?;
+            let addr = b.peer_addr().await.ok_or_else(|| {
+                let mut e =
+                    Error::explain(ErrorType::ConnectNoRoute, "S3 endpoint does not resolve");
+                e.esource = ErrorSource::Upstream;
+                e
+            })?;
+            let mut peer = HttpPeer::new(addr, b.tls, b.sni().to_string());
+            peer.options.connection_timeout = Some(b.config.connect_timeout);
+            peer.options.read_timeout = Some(b.config.read_timeout);
+            peer.options.write_timeout = Some(b.config.read_timeout);
+            return Ok(Box::new(peer));
+        }
         let up = ctx
             .upstream
             .as_ref()
@@ -759,6 +1142,9 @@ impl ProxyHttp for Portier {
         upstream_request: &mut RequestHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
+        if let Some(call) = &ctx.s3 {
+            return self.sign_for_s3(upstream_request, call);
+        }
         if let Some(uri) = ctx.forward.take() {
             upstream_request.set_uri(uri);
         }
@@ -859,7 +1245,10 @@ impl ProxyHttp for Portier {
             (false, None, Some(_)) => "shadow_deny",
             (false, None, None) => "allow",
         };
-        let reason = ctx.reason.map_or("-", Reason::code);
+        // A store answer replaced by Portier (404 not_found, 502 upstream_auth_failed...) is
+        // reported with its reason, but it was not a policy decision.
+        let outcome = ctx.reason.or(ctx.s3_error.as_ref().map(|e| e.0));
+        let reason = outcome.map_or("-", Reason::code);
         gw.metrics
             .requests
             .with_label_values(&[route_label, decision, reason])
@@ -879,8 +1268,12 @@ impl ProxyHttp for Portier {
                 sr.code()
             );
         }
-        if let Some(up) = &ctx.upstream {
-            let name = up.config.name.as_str();
+        let bytes_upstream = ctx
+            .upstream
+            .as_ref()
+            .map(|u| u.config.name.as_str())
+            .or(ctx.s3.as_ref().map(|_| crate::S3_UPSTREAM));
+        if let Some(name) = bytes_upstream {
             gw.metrics
                 .upstream_bytes
                 .with_label_values(&[name, "sent"])
@@ -901,11 +1294,15 @@ impl ProxyHttp for Portier {
             path: path.as_deref(),
             route,
             decision,
-            reason: ctx.reason.map(Reason::code),
+            reason: outcome.map(Reason::code),
             shadow_reason: ctx.shadow.map(Reason::code),
             user_id: ctx.identity.as_ref().map(|i| i.user_id.as_str()),
             status,
-            upstream: ctx.upstream.as_ref().map(|u| u.config.name.as_str()),
+            upstream: ctx
+                .upstream
+                .as_ref()
+                .map(|u| u.config.name.as_str())
+                .or(ctx.s3.as_ref().map(|_| crate::S3_UPSTREAM)),
             latency_us: elapsed.as_micros() as u64,
             policy_generation: ctx.live.as_ref().map_or(0, |l| l.generation),
         });
@@ -995,6 +1392,14 @@ pub fn build(
         upstreams.insert(name.clone(), build_upstream(u, &mut server)?);
     }
     let metrics = Metrics::new().map_err(|e| StartError::Pingora(e.to_string()))?;
+    let s3 = match &cfg.s3 {
+        Some(c) => {
+            Some(Arc::new(S3Backend::new(c).map_err(|e| {
+                StartError::Upstream("s3".into(), e.to_string())
+            })?))
+        }
+        None => None,
+    };
     let (rate_store, replay): (Arc<dyn RateStore>, Arc<dyn ReplayStore>) = match redis_url(cfg)? {
         Some(url) => {
             // Validate the URL now; connect later, inside Pingora's runtime.
@@ -1033,6 +1438,7 @@ pub fn build(
         rate_store,
         rate_failure: cfg.rate_limit.on_redis_failure,
         replay,
+        s3,
     });
     gateway.metrics.policy_generation.set(1);
     let mut svc =

@@ -71,6 +71,77 @@ struct RawRoute {
     /// Upstream answer timeout for this route (overrides the upstream's read timeout): 504.
     #[serde(default)]
     timeout_ms: Option<u64>,
+    /// On the S3 upstream: `"object"` maps the tail parameter onto object keys; `"presign"`
+    /// mints presigned URLs for the object route named by `presign_for`.
+    #[serde(default)]
+    s3: Option<S3Mode>,
+    #[serde(default)]
+    presign_for: Option<Spanned<String>>,
+    /// Per kind folder (`<user>/<kind>/...`) rules of an S3 object route.
+    #[serde(default)]
+    kinds: Option<Spanned<BTreeMap<String, RawKind>>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawKind {
+    #[serde(default)]
+    plan: Option<Vec<String>>,
+    #[serde(default)]
+    feature: Option<Vec<String>>,
+    #[serde(default)]
+    max_body_bytes: Option<u64>,
+    #[serde(default)]
+    content_types: Option<Vec<ContentType>>,
+}
+
+/// What an S3 route does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum S3Mode {
+    Object,
+    Presign,
+}
+
+/// Content types recognised by their first bytes (magic numbers), never by the client's word.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ContentType {
+    Png,
+    Jpeg,
+    Gif,
+    Webp,
+    Mp4,
+    Webm,
+    Quicktime,
+}
+
+impl ContentType {
+    /// Bytes needed to tell every type apart.
+    pub const SNIFF_LEN: usize = 16;
+
+    pub fn matches(self, b: &[u8]) -> bool {
+        let at = |off: usize, m: &[u8]| b.get(off..off + m.len()) == Some(m);
+        match self {
+            ContentType::Png => at(0, b"\x89PNG\r\n\x1a\n"),
+            ContentType::Jpeg => at(0, b"\xff\xd8\xff"),
+            ContentType::Gif => at(0, b"GIF87a") || at(0, b"GIF89a"),
+            ContentType::Webp => at(0, b"RIFF") && at(8, b"WEBP"),
+            ContentType::Mp4 => at(4, b"ftyp") && !at(8, b"qt  "),
+            ContentType::Quicktime => {
+                at(4, b"ftypqt  ") || at(4, b"moov") || at(4, b"wide") || at(4, b"mdat")
+            }
+            ContentType::Webm => at(0, b"\x1a\x45\xdf\xa3"),
+        }
+    }
+}
+
+/// The rules of one kind folder.
+#[derive(Debug, Clone, PartialEq)]
+pub struct KindRule {
+    pub requires: Vec<Requirement>,
+    pub max_body_bytes: Option<u64>,
+    pub content_types: Vec<ContentType>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -236,6 +307,11 @@ pub struct Route {
     pub rate_limit: Option<crate::guards::ratelimit::RateSpec>,
     pub max_body_bytes: Option<u64>,
     pub timeout: Option<std::time::Duration>,
+    pub s3: Option<S3Mode>,
+    /// For `s3 = "presign"`: the object route whose policy decides.
+    pub presign_for: Option<String>,
+    /// For `s3 = "object"`: rules per kind folder; when any are listed, other kinds are refused.
+    pub kinds: BTreeMap<String, KindRule>,
     pub params: Vec<String>,
     pub(crate) segs: Vec<PatSeg>,
 }
@@ -732,6 +808,110 @@ fn compile_route(
             }
         }
     });
+    let s3_mode = r.s3;
+    if s3_mode.is_some() && upstream != crate::S3_UPSTREAM {
+        err(
+            diags,
+            up_at,
+            "route.s3",
+            format!("s3 routes use upstream = \"{}\"", crate::S3_UPSTREAM),
+        );
+    }
+    if s3_mode.is_none() && upstream == crate::S3_UPSTREAM {
+        err(
+            diags,
+            up_at,
+            "route.s3",
+            "a route to the S3 upstream says s3 = \"object\" or \"presign\"".into(),
+        );
+    }
+    if s3_mode == Some(S3Mode::Object) && !matches!(segs.last(), Some(PatSeg::Tail(_))) {
+        err(
+            diags,
+            path_at,
+            "route.path",
+            "an s3 object route ends with the key: /prefix/{key..}".into(),
+        );
+    }
+    if s3_mode == Some(S3Mode::Object)
+        && segs
+            .iter()
+            .rev()
+            .skip(1)
+            .any(|s| !matches!(s, PatSeg::Static(_)))
+    {
+        err(
+            diags,
+            path_at,
+            "route.path",
+            "an s3 object route is a static prefix followed by {key..}".into(),
+        );
+    }
+    let presign_for = match (s3_mode, r.presign_for) {
+        (Some(S3Mode::Presign), Some(p)) => Some(p.into_inner()),
+        (Some(S3Mode::Presign), None) => {
+            err(
+                diags,
+                name_at,
+                "route.presign_for",
+                "name the s3 object route whose policy decides".into(),
+            );
+            None
+        }
+        (_, Some(p)) => {
+            err(
+                diags,
+                p.span().start,
+                "route.presign_for",
+                "only used with s3 = \"presign\"".into(),
+            );
+            None
+        }
+        (_, None) => None,
+    };
+    let mut kinds = BTreeMap::new();
+    if let Some(k) = r.kinds {
+        let at = k.span().start;
+        if s3_mode != Some(S3Mode::Object) {
+            err(
+                diags,
+                at,
+                "route.kinds",
+                "only used with s3 = \"object\"".into(),
+            );
+        }
+        for (name, kind) in k.into_inner() {
+            let mut requires = Vec::new();
+            for (field, list, make) in [
+                (
+                    "plan",
+                    kind.plan,
+                    Requirement::Plan as fn(Vec<String>) -> Requirement,
+                ),
+                ("feature", kind.feature, Requirement::Feature),
+            ] {
+                if let Some(list) = list {
+                    if list.is_empty() || list.iter().any(|s| s.trim().is_empty()) {
+                        err(
+                            diags,
+                            at,
+                            &format!("route.kinds.{name}.{field}"),
+                            "must list one or more non-empty names".into(),
+                        );
+                    }
+                    requires.push(make(list));
+                }
+            }
+            kinds.insert(
+                name,
+                KindRule {
+                    requires,
+                    max_body_bytes: kind.max_body_bytes,
+                    content_types: kind.content_types.unwrap_or_default(),
+                },
+            );
+        }
+    }
     let shadow = match r.shadow {
         None => Vec::new(),
         Some(s) => {
@@ -776,6 +956,9 @@ fn compile_route(
                 }
             }),
             timeout: r.timeout_ms.map(std::time::Duration::from_millis),
+            s3: s3_mode,
+            presign_for,
+            kinds,
             params,
             segs,
         },
@@ -932,8 +1115,25 @@ pub fn evaluate(m: &RouteMatch<'_>, path: &str, req: &RequestFacts<'_>, authn: &
             return Decision::Deny(*reason);
         }
     };
+    if route.s3 == Some(S3Mode::Object) {
+        if let Some(reason) = object_rules(route, path, &m.params, identity) {
+            if !shadow_mode {
+                return Decision::Deny(reason);
+            }
+            return Decision::Allow {
+                identity: Some(identity.clone()),
+                signed_out_page: false,
+                shadow: Some(reason),
+            };
+        }
+    }
     let mut shadow = None;
     for r in &route.requires {
+        // On an object route ownership is decided on the decoded key (`object_rules`); an
+        // empty key is a listing, scoped to the caller's prefix by the proxy.
+        if route.s3 == Some(S3Mode::Object) && matches!(r, Requirement::Owner { .. }) {
+            continue;
+        }
         if !r.holds(identity, path, &m.params) {
             if !shadow_mode {
                 return Decision::Deny(r.reason());
@@ -953,6 +1153,47 @@ pub fn evaluate(m: &RouteMatch<'_>, path: &str, req: &RequestFacts<'_>, authn: &
         signed_out_page: false,
         shadow,
     }
+}
+
+/// The object key of an S3 object route match: the tail parameter, decoded once and checked.
+pub fn object_key(
+    route: &Route,
+    path: &str,
+    params: &[Span],
+) -> Option<Result<String, crate::s3::KeyError>> {
+    let &(s, e) = params.get(route.params.len().checked_sub(1)?)?;
+    let raw = path.get(s..e)?;
+    if raw.is_empty() {
+        return None;
+    }
+    Some(crate::s3::canonical_key(raw))
+}
+
+/// Object-route rules beyond the route's requirements: a well-formed key owned by the caller
+/// (when the route has an owner), and the rules of its kind folder. An empty key is a list
+/// of the caller's own prefix, decided by the proxy.
+fn object_rules(route: &Route, path: &str, params: &[Span], id: &Identity) -> Option<Reason> {
+    let key = match object_key(route, path, params)? {
+        Ok(k) => k,
+        Err(_) => return Some(Reason::BadKey),
+    };
+    let owner_required = route
+        .requires
+        .iter()
+        .any(|r| matches!(r, Requirement::Owner { .. }));
+    if owner_required && !crate::s3::owned_by(&key, &id.user_id) {
+        return Some(Reason::NotOwner);
+    }
+    if route.kinds.is_empty() {
+        return None;
+    }
+    let Some(rule) = crate::s3::kind_folder(&key).and_then(|k| route.kinds.get(k)) else {
+        return Some(Reason::KindNotAllowed);
+    };
+    rule.requires
+        .iter()
+        .find(|r| !r.holds(id, path, params))
+        .map(Requirement::reason)
 }
 
 /// Lookup and evaluation in one call: what the proxy and `explain` both run.

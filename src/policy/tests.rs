@@ -358,7 +358,7 @@ upstream = "app"
 fn shipped_policies_compile() {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
     let known = Known {
-        upstreams: &["flask", "nextjs"],
+        upstreams: &["flask", "nextjs", "s3"],
         webhooks: &["workers", "clerk"],
     };
     let s = PolicySet::load_dir_with(&dir, known).unwrap_or_else(|d| panic!("{d}"));

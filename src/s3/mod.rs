@@ -3,6 +3,7 @@
 //! store for `portier dev` and tests ([`store`]). The proxy routes that use them live
 //! elsewhere; this module performs no I/O except the embedded store.
 
+pub mod front;
 pub mod key;
 pub mod sign;
 pub mod store;

@@ -404,6 +404,7 @@ path = "{log}"
     }
 
     pub fn start(self) -> Portier {
+        capture_logs();
         let (dir, cfg_path, listen) = self.write();
         let cfg = Config::load(&cfg_path).unwrap_or_else(|d| panic!("config:\n{d}"));
         cfg.load_policies()
@@ -759,5 +760,111 @@ impl Drop for PortierProcess {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// Every log line of this test binary, for tests that prove a secret never reaches a log.
+pub fn captured_logs() -> String {
+    log_capture()
+        .lines
+        .lock()
+        .map(|l| l.clone())
+        .unwrap_or_default()
+}
+
+struct Capture {
+    lines: Mutex<String>,
+}
+
+impl log::Log for Capture {
+    fn enabled(&self, m: &log::Metadata) -> bool {
+        // The same rule as the production logger: Pingora's header dumps never get in.
+        m.level() <= log::Level::Debug && portier::logging::allowed(m.target(), m.level())
+    }
+    fn log(&self, r: &log::Record) {
+        if self.enabled(r.metadata()) {
+            if let Ok(mut l) = self.lines.lock() {
+                l.push_str(&format!("{} {}: {}\n", r.level(), r.target(), r.args()));
+            }
+        }
+    }
+    fn flush(&self) {}
+}
+
+fn log_capture() -> &'static Capture {
+    static C: OnceLock<&'static Capture> = OnceLock::new();
+    C.get_or_init(|| {
+        let c: &'static Capture = Box::leak(Box::new(Capture {
+            lines: Mutex::new(String::new()),
+        }));
+        let _ = log::set_logger(c);
+        log::set_max_level(log::LevelFilter::Debug);
+        c
+    })
+}
+
+/// Installs the capturing logger (idempotent); servers started afterwards log into it.
+pub fn capture_logs() {
+    let _ = log_capture();
+}
+
+/// A TCP relay that records what the client side sends (to see what reaches a server).
+pub struct Relay {
+    pub addr: SocketAddr,
+    pub sent: Arc<Mutex<Vec<u8>>>,
+}
+
+impl Relay {
+    pub fn start(target: SocketAddr) -> Relay {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (l, addr) = listener();
+        let sent = Arc::new(Mutex::new(Vec::new()));
+        let rec = sent.clone();
+        runtime().spawn(async move {
+            loop {
+                let Ok((client, _)) = l.accept().await else {
+                    continue;
+                };
+                let rec = rec.clone();
+                tokio::spawn(async move {
+                    let Ok(server) = tokio::net::TcpStream::connect(target).await else {
+                        return;
+                    };
+                    let (mut cr, mut cw) = client.into_split();
+                    let (mut sr, mut sw) = server.into_split();
+                    let up = async move {
+                        let mut buf = vec![0u8; 64 * 1024];
+                        loop {
+                            let n = match cr.read(&mut buf).await {
+                                Ok(0) | Err(_) => break,
+                                Ok(n) => n,
+                            };
+                            if let Ok(mut r) = rec.lock() {
+                                if r.len() < 4 * 1024 * 1024 {
+                                    r.extend_from_slice(&buf[..n]);
+                                }
+                            }
+                            if sw.write_all(&buf[..n]).await.is_err() {
+                                break;
+                            }
+                        }
+                        let _ = sw.shutdown().await;
+                    };
+                    let down = async move {
+                        let _ = tokio::io::copy(&mut sr, &mut cw).await;
+                        let _ = cw.shutdown().await;
+                    };
+                    tokio::join!(up, down);
+                });
+            }
+        });
+        Relay { addr, sent }
+    }
+
+    pub fn text(&self) -> String {
+        self.sent
+            .lock()
+            .map(|s| String::from_utf8_lossy(&s).into_owned())
+            .unwrap_or_default()
     }
 }

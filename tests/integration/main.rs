@@ -10,3 +10,4 @@ mod jwks;
 mod ops;
 mod paths;
 mod proxying;
+mod s3;
