@@ -18,18 +18,30 @@ use serde_json::json;
 const CHUNK: usize = 256 * 1024;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let mib: u64 = std::env::args().nth(1).and_then(|s| s.parse().ok()).unwrap_or(1024);
+    let mib: u64 = std::env::args()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1024);
     let total = mib * 1024 * 1024;
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?;
     let dir = std::env::temp_dir().join(format!("portier-s3-stream-{}", std::process::id()));
     std::fs::create_dir_all(dir.join("policies"))?;
     let (ak, sk) = s3::generate_keys();
     let store = rt.block_on(s3::start(dir.join("store"), "bench", &ak, &sk))?;
-    let issuer = Arc::new(DevIssuer::generate("https://bench.portier.test", "ins_bench")?);
+    let issuer = Arc::new(DevIssuer::generate(
+        "https://bench.portier.test",
+        "ins_bench",
+    )?);
     let jwks = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
     let jwks_addr = jwks.local_addr()?;
     let doc = json!({"keys": [issuer.jwk()]});
-    rt.spawn(portier::serve::serve(jwks, Arc::new(move |_| portier::serve::json_response(200, &doc))));
+    rt.spawn(portier::serve::serve(
+        jwks,
+        Arc::new(move |_| portier::serve::json_response(200, &doc)),
+    ));
     let listen = {
         let l = std::net::TcpListener::bind("127.0.0.1:0")?;
         l.local_addr()?
@@ -66,7 +78,11 @@ session_token_env = "BENCH_S3_NO_TOKEN"
         "[[route]]\nname = \"files\"\npath = \"/files/{key..}\"\nmethods = [\"GET\", \"PUT\", \"DELETE\"]\nupstream = \"s3\"\ns3 = \"object\"\nowner = \"key\"\nmax_body_bytes = 17179869184\n",
     )?;
     let exe = std::env::current_exe()?;
-    let portier_bin = exe.parent().and_then(|p| p.parent()).map(|p| p.join("portier")).ok_or("no target dir")?;
+    let portier_bin = exe
+        .parent()
+        .and_then(|p| p.parent())
+        .map(|p| p.join("portier"))
+        .ok_or("no target dir")?;
     let mut child = Command::new(&portier_bin)
         .args(["run", "-c"])
         .arg(dir.join("config.toml"))
@@ -85,7 +101,12 @@ session_token_env = "BENCH_S3_NO_TOKEN"
     let rss0 = vm_hwm(pid);
 
     let t = Instant::now();
-    let st = put(listen, &format!("/files/{key}"), &[("Authorization", auth.as_str()), ("Host", "portier")], total)?;
+    let st = put(
+        listen,
+        &format!("/files/{key}"),
+        &[("Authorization", auth.as_str()), ("Host", "portier")],
+        total,
+    )?;
     let put_portier = t.elapsed();
     assert_status(st, 200, "PUT via Portier")?;
     let on_disk = std::fs::metadata(store.root.join("bench").join(key))?.len();
@@ -93,7 +114,11 @@ session_token_env = "BENCH_S3_NO_TOKEN"
         return Err(format!("stored {on_disk} bytes, sent {total}").into());
     }
     let t = Instant::now();
-    let (st, got) = get(listen, &format!("/files/{key}"), &[("Authorization", auth.as_str()), ("Host", "portier")])?;
+    let (st, got) = get(
+        listen,
+        &format!("/files/{key}"),
+        &[("Authorization", auth.as_str()), ("Host", "portier")],
+    )?;
     let get_portier = t.elapsed();
     assert_status(st, 200, "GET via Portier")?;
     if got != total {
@@ -103,18 +128,48 @@ session_token_env = "BENCH_S3_NO_TOKEN"
 
     // The same transfers straight to the store, signed the way Portier signs them.
     let creds = s3::Credentials::new(ak.clone(), sk.clone(), None)?;
-    let target = s3::S3Target::new(&store.endpoint(), "us-east-1", "bench", s3::Addressing::Path)?;
+    let target = s3::S3Target::new(
+        &store.endpoint(),
+        "us-east-1",
+        "bench",
+        s3::Addressing::Path,
+    )?;
     let uri = target.object_uri("user_bench/books/direct.bin")?;
-    let path = uri.path_and_query().map(|p| p.as_str().to_string()).unwrap_or_default();
+    let path = uri
+        .path_and_query()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_default();
     let mut h = http::HeaderMap::new();
     h.insert("content-length", total.to_string().parse()?);
-    let signed = s3::sign_headers(&creds, "us-east-1", "PUT", &uri, &h, Payload::Unsigned, SystemTime::now())?;
-    let hs: Vec<(&str, &str)> = signed.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let signed = s3::sign_headers(
+        &creds,
+        "us-east-1",
+        "PUT",
+        &uri,
+        &h,
+        Payload::Unsigned,
+        SystemTime::now(),
+    )?;
+    let hs: Vec<(&str, &str)> = signed
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
     let t = Instant::now();
     assert_status(put(store.addr, &path, &hs, total)?, 200, "PUT direct")?;
     let put_direct = t.elapsed();
-    let signed = s3::sign_headers(&creds, "us-east-1", "GET", &uri, &http::HeaderMap::new(), Payload::Empty, SystemTime::now())?;
-    let hs: Vec<(&str, &str)> = signed.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let signed = s3::sign_headers(
+        &creds,
+        "us-east-1",
+        "GET",
+        &uri,
+        &http::HeaderMap::new(),
+        Payload::Empty,
+        SystemTime::now(),
+    )?;
+    let hs: Vec<(&str, &str)> = signed
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
     let t = Instant::now();
     let (st, got) = get(store.addr, &path, &hs)?;
     let get_direct = t.elapsed();
@@ -127,9 +182,23 @@ session_token_env = "BENCH_S3_NO_TOKEN"
     println!("S3 streaming, {mib} MiB object, embedded s3s-fs store on 127.0.0.1 (disk-backed), 1 Portier thread");
     println!("| transfer | via Portier MiB/s | direct MiB/s | ratio |");
     println!("|---|---:|---:|---:|");
-    println!("| PUT | {:.0} | {:.0} | {:.2} |", mbps(put_portier), mbps(put_direct), put_direct.as_secs_f64() / put_portier.as_secs_f64());
-    println!("| GET | {:.0} | {:.0} | {:.2} |", mbps(get_portier), mbps(get_direct), get_direct.as_secs_f64() / get_portier.as_secs_f64());
-    println!("Portier peak RSS (VmHWM): {} MiB before the transfers, {} MiB after", rss0 / 1024, rss1 / 1024);
+    println!(
+        "| PUT | {:.0} | {:.0} | {:.2} |",
+        mbps(put_portier),
+        mbps(put_direct),
+        put_direct.as_secs_f64() / put_portier.as_secs_f64()
+    );
+    println!(
+        "| GET | {:.0} | {:.0} | {:.2} |",
+        mbps(get_portier),
+        mbps(get_direct),
+        get_direct.as_secs_f64() / get_portier.as_secs_f64()
+    );
+    println!(
+        "Portier peak RSS (VmHWM): {} MiB before the transfers, {} MiB after",
+        rss0 / 1024,
+        rss1 / 1024
+    );
 
     let _ = child.kill();
     let _ = child.wait();
@@ -150,12 +219,22 @@ fn assert_status(got: u16, want: u16, what: &str) -> Result<(), Box<dyn std::err
 fn vm_hwm(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).map(str::to_string))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .map(str::to_string)
+        })
         .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
         .unwrap_or(0)
 }
 
-fn head(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)], len: Option<u64>) -> std::io::Result<TcpStream> {
+fn head(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    len: Option<u64>,
+) -> std::io::Result<TcpStream> {
     let mut s = TcpStream::connect(addr)?;
     let mut req = format!("{method} {path} HTTP/1.1\r\nConnection: close\r\n");
     if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
@@ -198,7 +277,11 @@ fn read_response(s: TcpStream) -> std::io::Result<(u16, u64)> {
     let mut r = BufReader::with_capacity(CHUNK, s);
     let mut line = String::new();
     r.read_line(&mut line)?;
-    let status = line.split_whitespace().nth(1).and_then(|v| v.parse().ok()).unwrap_or(0);
+    let status = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
     loop {
         line.clear();
         r.read_line(&mut line)?;

@@ -131,6 +131,14 @@ pub fn canonicalize(raw: &str) -> Result<String, PathError> {
         i += 1;
     }
     check_segment(&out[seg_start..])?;
+    // Decoding `%41` after a literal `%25` can itself produce `%25` + two hex digits
+    // (`%25%41%41` -> `%25AA`), a double encoding the per-escape check above cannot see.
+    let b = out.as_bytes();
+    if b.windows(5)
+        .any(|w| &w[..3] == b"%25" && hex(w[3]).is_some() && hex(w[4]).is_some())
+    {
+        return Err(PathError::DoubleEncoded);
+    }
     Ok(out)
 }
 
@@ -212,6 +220,13 @@ mod tests {
     }
 
     #[test]
+    fn regression_double_encoding_assembled_by_decoding() {
+        // Found by the randomised test: the output must not become `%25AA`.
+        assert_eq!(canonicalize("/%25%41%41x"), Err(PathError::DoubleEncoded));
+        assert_eq!(canonicalize("/%25A%41"), Err(PathError::DoubleEncoded));
+    }
+
+    #[test]
     fn lone_percent_25_is_kept_literal() {
         assert_eq!(canonicalize("/100%25").as_deref(), Ok("/100%25"));
     }
@@ -228,5 +243,40 @@ mod tests {
     fn segments_ignore_leading_and_trailing_slash() {
         assert_eq!(segments("/a/b/").collect::<Vec<_>>(), ["a", "b"]);
         assert_eq!(segments("/").count(), 0);
+    }
+}
+
+/// Randomised checks (a bounded, seeded stand-in for a fuzzer: the stable toolchain here has
+/// no cargo-fuzz sanitizers). Inputs mix the characters that matter to path parsing.
+#[cfg(test)]
+mod prop {
+    use super::*;
+    use rand::{Rng, SeedableRng};
+
+    const ALPHABET: &[&str] = &[
+        "/", "//", ".", "..", "%", "%2e", "%2E", "%2f", "%5c", "%25", "%00", "%41", "%c3%a9", ";",
+        "\\", "#", "a", "Z", "~", "-", "_", "user_1", "\0", "\u{e9}", " ", "%zz",
+    ];
+
+    #[test]
+    fn canonical_paths_are_fixed_points_without_dot_segments() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(0x5eed);
+        for _ in 0..200_000 {
+            let n = rng.random_range(0..12);
+            let mut s = String::from("/");
+            for _ in 0..n {
+                s.push_str(ALPHABET[rng.random_range(0..ALPHABET.len())]);
+            }
+            if let Ok(c) = canonicalize(&s) {
+                assert_eq!(canonicalize(&c).as_deref(), Ok(c.as_str()), "{s:?}");
+                assert!(!c.contains("//"), "{s:?} -> {c:?}");
+                for seg in c.split('/') {
+                    assert!(seg != "." && seg != "..", "{s:?} -> {c:?}");
+                }
+                for bad in [";", "\\", "#", "%2E", "%2F", "%5C", "%00"] {
+                    assert!(!c.contains(bad), "{s:?} -> {c:?}");
+                }
+            }
+        }
     }
 }

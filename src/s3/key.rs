@@ -327,3 +327,37 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod prop {
+    use super::*;
+    use rand::{Rng, SeedableRng};
+
+    #[test]
+    fn decoded_keys_never_escape_their_owner() {
+        let parts = [
+            "user_a", "user_b", "/", "..", ".", "%2e", "%2f", "%2F", "%25", "%00", "\\", "x",
+            "%20", "images", "%c3%a9", " ",
+        ];
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        for _ in 0..100_000 {
+            let mut raw = String::from("user_a/");
+            for _ in 0..rng.random_range(0..8) {
+                raw.push_str(parts[rng.random_range(0..parts.len())]);
+            }
+            if let Ok(k) = canonical_key(&raw) {
+                if owned_by(&k, "user_a") {
+                    assert!(k.starts_with("user_a/"), "{raw:?} -> {k:?}");
+                    assert!(
+                        !k.split('/').any(|s| s == ".." || s == "." || s.is_empty()),
+                        "{raw:?} -> {k:?}"
+                    );
+                }
+                assert!(
+                    !owned_by(&k, "user_b") || k.starts_with("user_b/"),
+                    "{raw:?}"
+                );
+            }
+        }
+    }
+}
