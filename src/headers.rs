@@ -29,19 +29,30 @@ fn is_clerk_cookie(name: &str) -> bool {
 /// Which inbound header names are forbidden, precomputed once per configuration.
 #[derive(Debug, Clone)]
 pub struct HeaderGuard {
-    protected: HashSet<String>,
+    /// Folded protected names; a short list, compared without allocating.
+    protected: Vec<String>,
     longest: usize,
     names: IdentityHeaders,
 }
 
+fn fold_byte(b: u8) -> u8 {
+    match b {
+        b'_' | b'.' => b'-',
+        b => b.to_ascii_lowercase(),
+    }
+}
+
 impl HeaderGuard {
     pub fn new(names: &IdentityHeaders) -> HeaderGuard {
-        let protected: HashSet<String> = names
+        let mut protected: Vec<String> = names
             .all()
             .iter()
             .map(|n| fold(n))
             .chain(ALWAYS_STRIPPED.iter().map(|n| fold(n)))
+            .collect::<HashSet<String>>()
+            .into_iter()
             .collect();
+        protected.sort();
         let longest = protected.iter().map(String::len).max().unwrap_or(0);
         HeaderGuard {
             protected,
@@ -56,8 +67,12 @@ impl HeaderGuard {
 
     /// True when an inbound header of this name must not reach an upstream.
     pub fn is_protected(&self, name: &str) -> bool {
-        // Longer names cannot fold onto a protected one; skip the allocation.
-        name.len() <= self.longest && self.protected.contains(&fold(name))
+        // Runs for every inbound header of every request: compare folded bytes in place.
+        name.len() <= self.longest
+            && self.protected.iter().any(|p| {
+                p.len() == name.len()
+                    && p.bytes().zip(name.bytes()).all(|(a, b)| a == fold_byte(b))
+            })
     }
 
     /// The identity headers for an allowed, signed-in request: (name, value) pairs. Values

@@ -510,7 +510,7 @@ fn header_bytes(req: &RequestHeader) -> usize {
         .iter()
         .map(|(k, v)| k.as_str().len() + v.len() + 4)
         .sum::<usize>()
-        + req.uri.to_string().len()
+        + req.uri.path_and_query().map_or(0, |pq| pq.as_str().len())
 }
 
 fn content_length(req: &RequestHeader) -> Option<u64> {
