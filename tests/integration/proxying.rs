@@ -202,3 +202,34 @@ fn query_strings_are_forwarded_unchanged() {
     assert_eq!(r.status, 200);
     assert_eq!(w.app.last().path, "/public/search?q=a%2Fb&x=..%2f");
 }
+
+#[test]
+fn health_checks_take_a_dead_peer_out_of_rotation() {
+    let live = Upstream::start();
+    let jwks = JwksServer::start(vec![issuer().jwk()]);
+    let mut s = Setup::new(&jwks, &live, &live);
+    s.policies = r#"
+[[route]]
+name = "pool"
+path = "/pool/{rest..}"
+methods = ["GET"]
+upstream = "pool"
+access = "public"
+"#
+    .into();
+    s.extra_config = format!(
+        "[upstreams.pool]\npeers = [\"{}\", \"127.0.0.1:1\"]\nconnect_timeout_ms = 300\n[upstreams.pool.health_check]\nkind = \"tcp\"\ninterval_seconds = 1\n",
+        live.addr
+    );
+    let p = s.start();
+    // Give the first health-check round time to mark 127.0.0.1:1 down.
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let statuses: Vec<u16> = (0..10)
+        .map(|i| get(p.addr, &format!("/pool/{i}"), &[]).status)
+        .collect();
+    assert!(
+        statuses.iter().all(|s| *s == 200),
+        "round robin skips the unhealthy peer: {statuses:?}"
+    );
+    assert_eq!(live.count(), 10);
+}
