@@ -70,8 +70,7 @@ impl HeaderGuard {
         // Runs for every inbound header of every request: compare folded bytes in place.
         name.len() <= self.longest
             && self.protected.iter().any(|p| {
-                p.len() == name.len()
-                    && p.bytes().zip(name.bytes()).all(|(a, b)| a == fold_byte(b))
+                p.len() == name.len() && p.bytes().zip(name.bytes()).all(|(a, b)| a == fold_byte(b))
             })
     }
 

@@ -390,9 +390,10 @@ impl PolicySet {
                     continue;
                 }
             };
+            let lines = crate::diag::LineIndex::new(src);
             for r in raw.route {
                 let Some((route, (name_at, path_at))) =
-                    compile_route(file, src, r, known, &mut diags)
+                    compile_route(file, src, &lines, r, known, &mut diags)
                 else {
                     continue;
                 };
@@ -643,6 +644,7 @@ impl Ctx<'_> {
 fn compile_route(
     file: &Path,
     src: &str,
+    lines: &crate::diag::LineIndex,
     r: RawRoute,
     known: Known<'_>,
     diags: &mut Diagnostics,
@@ -932,7 +934,7 @@ fn compile_route(
     if diags.0.len() > before {
         return None;
     }
-    let (line, _) = crate::diag::line_col(src, name_at);
+    let line = lines.line(name_at);
     Some((
         Route {
             name,

@@ -22,7 +22,7 @@ use toml::Spanned;
 
 use super::{decide, Authn, Decision, PolicySet, RequestFacts};
 use crate::auth::{Identity, TokenSource};
-use crate::diag::{from_toml_error, line_col, Diagnostic, Diagnostics};
+use crate::diag::{from_toml_error, Diagnostic, Diagnostics};
 use crate::error::Reason;
 use crate::path::canonicalize;
 
@@ -121,8 +121,9 @@ pub fn run(set: &PolicySet, sources: &[(PathBuf, String)]) -> Result<Vec<CaseRes
                 continue;
             }
         };
+        let lines = crate::diag::LineIndex::new(src);
         for c in raw.case {
-            let (line, _) = line_col(src, c.span().start);
+            let line = lines.line(c.span().start);
             let c = c.into_inner();
             let mut bad = |msg: String| diags.push(Diagnostic::line(file, line, "case", msg));
             let want_reason = match &c.reason {
