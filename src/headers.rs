@@ -33,6 +33,8 @@ pub struct HeaderGuard {
     protected: Vec<String>,
     longest: usize,
     names: IdentityHeaders,
+    /// The configured names, parsed once, in `Identity::header_values` order.
+    parsed: Vec<Option<http::HeaderName>>,
 }
 
 fn fold_byte(b: u8) -> u8 {
@@ -54,10 +56,16 @@ impl HeaderGuard {
             .collect();
         protected.sort();
         let longest = protected.iter().map(String::len).max().unwrap_or(0);
+        let parsed = names
+            .all()
+            .iter()
+            .map(|n| http::HeaderName::from_bytes(n.as_bytes()).ok())
+            .collect();
         HeaderGuard {
             protected,
             longest,
             names: names.clone(),
+            parsed,
         }
     }
 
@@ -74,37 +82,17 @@ impl HeaderGuard {
             })
     }
 
-    /// The identity headers for an allowed, signed-in request: (name, value) pairs. Values
-    /// that are not valid header text (control characters) are left out rather than mangled.
-    pub fn identity_headers<'a>(&'a self, id: &'a Identity) -> Vec<(&'a str, String)> {
-        let n = &self.names;
-        let mut out: Vec<(&str, String)> = vec![
-            (&n.user_id, id.user_id.clone()),
-            (&n.session_id, id.session_id.clone()),
-        ];
-        if let Some(org) = &id.org {
-            out.push((&n.org_id, org.id.clone()));
-            if let Some(s) = &org.slug {
-                out.push((&n.org_slug, s.clone()));
-            }
-            if let Some(r) = &org.role {
-                out.push((&n.org_role, r.clone()));
-            }
-            if !org.permissions.is_empty() {
-                out.push((&n.org_permissions, org.permissions.join(",")));
-            }
-        }
-        if !id.plans.is_empty() {
-            out.push((&n.plans, id.plans_header()));
-        }
-        if !id.features.is_empty() {
-            out.push((&n.features, id.features_header()));
-        }
-        if let Some(a) = &id.actor {
-            out.push((&n.actor, a.clone()));
-        }
-        out.retain(|(_, v)| http::HeaderValue::from_str(v).is_ok());
-        out
+    /// The identity headers for an allowed, signed-in request: (name, value) pairs, built from
+    /// values prepared when the token was verified. Values that are not valid header text
+    /// (control characters) were left out then rather than mangled.
+    pub fn identity_headers<'a>(
+        &'a self,
+        id: &'a Identity,
+    ) -> impl Iterator<Item = (&'a http::HeaderName, &'a http::HeaderValue)> + 'a {
+        self.parsed
+            .iter()
+            .zip(id.header_values.iter())
+            .filter_map(|(n, v)| Some((n.as_ref()?, v.as_ref()?)))
     }
 }
 

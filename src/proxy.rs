@@ -240,6 +240,11 @@ impl Gateway {
         self.live().verifier.jwks.has_keys()
     }
 
+    /// Writes out buffered decision-log lines (done every second and at shutdown).
+    pub fn flush_logs(&self) {
+        self.decision_log.flush();
+    }
+
     pub fn render_metrics(&self) -> String {
         self.metrics.render(&self.verifier())
     }
@@ -311,7 +316,7 @@ pub fn prepare_upstream_headers(
     }
     if let Some(id) = identity {
         for (name, value) in guard.identity_headers(id) {
-            req.insert_header(name.to_string(), value)?;
+            req.insert_header(name.clone(), value.clone())?;
         }
     }
     Ok(())
@@ -367,6 +372,8 @@ pub struct Ctx {
     /// The accepted webhook id, forgotten again if the upstream never took the delivery.
     webhook_id: Option<String>,
     s3: Option<S3Call>,
+    /// The canonical path, once known: what the decision log records.
+    path: Option<String>,
     /// A store error being replaced by a JSON answer: the reason, the store's status, and the
     /// store's error document collected for the log.
     s3_error: Option<(Reason, u16, Vec<u8>)>,
@@ -591,6 +598,7 @@ impl Portier {
                 return Ok(Err(Reason::BadPath.into()));
             }
         };
+        ctx.path = Some(canonical.clone());
         let policies = &live.policies;
         let method = req.method.as_str();
         let route = match policies.lookup(method, &canonical) {
@@ -1287,11 +1295,11 @@ impl ProxyHttp for Portier {
             return;
         }
         let req = session.req_header();
-        let path = canonicalize(req.uri.path()).ok();
+        let path = ctx.path.as_deref();
         gw.decision_log.write(&DecisionRecord {
             ts: rfc3339_now(),
             method: req.method.as_str(),
-            path: path.as_deref(),
+            path,
             route,
             decision,
             reason: outcome.map(Reason::code),
@@ -1452,6 +1460,12 @@ pub fn build(
         crate::reload::Reloader {
             gateway: gateway.clone(),
             poll: cfg.reload_poll,
+        },
+    ));
+    server.add_service(background_service(
+        "decision log flusher",
+        crate::reload::LogFlusher {
+            gateway: gateway.clone(),
         },
     ));
     if let Some(addr) = cfg.admin_listen {

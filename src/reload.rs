@@ -224,6 +224,26 @@ impl BackgroundService for Reloader {
     }
 }
 
+/// Background service: flushes the decision log every second, and once more at shutdown.
+pub struct LogFlusher {
+    pub gateway: Arc<Gateway>,
+}
+
+#[async_trait]
+impl BackgroundService for LogFlusher {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => {
+                    self.gateway.flush_logs();
+                    return;
+                }
+                _ = tokio::time::sleep(Duration::from_secs(1)) => self.gateway.flush_logs(),
+            }
+        }
+    }
+}
+
 /// Background service: `/metrics` (Prometheus text), `/healthz`, `/readyz` on the admin address.
 pub struct Admin {
     pub gateway: Arc<Gateway>,

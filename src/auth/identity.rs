@@ -38,6 +38,11 @@ pub struct Identity {
     pub expires_at: i64,
     /// Every claim, for custom-claim rules (`metadata.subscription`).
     pub claims: Map<String, Value>,
+    /// Identity header values, built once when the token is verified (the identity is cached
+    /// with the token, so a repeated token costs no formatting): user id, session id, org id,
+    /// org slug, org role, org permissions, plans, features, actor. `None` when absent or not
+    /// valid header text.
+    pub header_values: [Option<http::HeaderValue>; 9],
 }
 
 /// Why a verified payload still cannot become an identity.
@@ -200,7 +205,7 @@ impl Identity {
                 }),
             }
         };
-        Ok(Identity {
+        let mut id = Identity {
             user_id: sub.to_string(),
             session_id: sid.to_string(),
             org,
@@ -210,7 +215,10 @@ impl Identity {
             version,
             expires_at,
             claims,
-        })
+            header_values: Default::default(),
+        };
+        id.header_values = id.build_header_values();
+        Ok(id)
     }
 
     /// Clerk `has({ plan })`: `org:`/`o:`/`organization:` asks the org, `user:`/`u:` the
@@ -250,6 +258,23 @@ impl Identity {
             cur = cur.as_object()?.get(p)?;
         }
         Some(cur)
+    }
+
+    fn build_header_values(&self) -> [Option<http::HeaderValue>; 9] {
+        let v = |s: &str| http::HeaderValue::from_str(s).ok();
+        let org = self.org.as_ref();
+        let nonempty = |s: String| if s.is_empty() { None } else { v(&s) };
+        [
+            v(&self.user_id),
+            v(&self.session_id),
+            org.and_then(|o| v(&o.id)),
+            org.and_then(|o| o.slug.as_deref().and_then(v)),
+            org.and_then(|o| o.role.as_deref().and_then(v)),
+            org.and_then(|o| nonempty(o.permissions.join(","))),
+            nonempty(self.plans_header()),
+            nonempty(self.features_header()),
+            self.actor.as_deref().and_then(v),
+        ]
     }
 
     /// Comma-joined entitlements in their token spelling, for identity headers.

@@ -298,6 +298,7 @@ feature = ["beta"]
         ),
         1.0
     );
+    w.portier.gateway.flush_logs();
     let lines: Vec<Value> = std::fs::read_to_string(&log_path)
         .expect("log")
         .lines()
@@ -393,6 +394,7 @@ fn the_decision_log_holds_no_secret() {
     w.get_as("/api/books/1", &bad);
     w.get("/api/books/1", &[("Cookie", &cookie)]);
     w.get("/api/jobs/user_other/1", &[("Cookie", &cookie)]);
+    w.portier.gateway.flush_logs();
     let text = std::fs::read_to_string(&log_path).expect("log");
     assert_eq!(text.lines().count(), 4, "{text}");
     let sig = t.rsplit('.').next().expect("sig");
