@@ -20,6 +20,10 @@ use portier::policy::testing;
 use portier::policy::{Known, PolicySet};
 use portier::proxy;
 
+// glibc malloc/free were ~13% of a proxied request's CPU in the load bench (BENCHMARKS.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "portier",
