@@ -346,6 +346,22 @@ end
 return count
 ";
 
+/// A Redis connection made on first use and remade after failures, every operation bounded by
+/// `timeout`. Shared by the rate-limit and webhook replay stores.
+pub(crate) fn lazy_connection(
+    client: redis::Client,
+    timeout: Duration,
+) -> redis::RedisResult<redis::aio::ConnectionManager> {
+    let config = redis::aio::ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(timeout))
+        .set_response_timeout(Some(timeout))
+        // Reconnection is retried on later calls anyway; retrying inside one call would only
+        // hold that request past its timeout.
+        .set_number_of_retries(1)
+        .set_max_delay(timeout);
+    redis::aio::ConnectionManager::new_lazy_with_config(client, config)
+}
+
 /// Counters in Redis, shared by every replica pointed at the same server.
 #[derive(Clone)]
 pub struct RedisStore {
@@ -364,15 +380,7 @@ impl RedisStore {
     /// must not become the latency of every request.
     pub fn new(url: &str, timeout: Duration) -> Result<Self, RateStoreError> {
         let client = redis::Client::open(url).map_err(RateStoreError::InvalidUrl)?;
-        let config = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(timeout))
-            .set_response_timeout(Some(timeout))
-            // Reconnection is retried on later hits anyway; retrying inside one hit would only
-            // hold that request past its timeout.
-            .set_number_of_retries(1)
-            .set_max_delay(timeout);
-        let conn = redis::aio::ConnectionManager::new_lazy_with_config(client, config)
-            .map_err(RateStoreError::Redis)?;
+        let conn = lazy_connection(client, timeout).map_err(RateStoreError::Redis)?;
         Ok(RedisStore {
             conn,
             script: redis::Script::new(HIT_SCRIPT),

@@ -339,12 +339,7 @@ impl RedisReplayStore {
     pub fn new(url: &str, timeout: Duration) -> Result<Self, ReplayError> {
         let client =
             redis::Client::open(url).map_err(|e| ReplayError::Unavailable(e.to_string()))?;
-        let config = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(timeout))
-            .set_response_timeout(Some(timeout))
-            .set_number_of_retries(1)
-            .set_max_delay(timeout);
-        let conn = redis::aio::ConnectionManager::new_lazy_with_config(client, config)
+        let conn = super::ratelimit::lazy_connection(client, timeout)
             .map_err(|e| ReplayError::Unavailable(e.to_string()))?;
         Ok(RedisReplayStore {
             conn,
