@@ -426,3 +426,72 @@ timeout_ms = 300
         started.elapsed()
     );
 }
+
+#[test]
+fn webhook_replay_ids_are_shared_in_redis_and_refused_when_redis_is_down() {
+    std::env::set_var("PORTIER_TEST_WH_REDIS", SECRET);
+    let mut redis = Redis::start();
+    let up = BodyUpstream::start();
+    let jwks = JwksServer::start(vec![issuer().jwk()]);
+    let next = Upstream::start();
+    let replica = |extra: &str| {
+        let mut s = Setup::new(&jwks, &next, &next);
+        s.app = up.addr;
+        s.policies = "[[route]]\nname = \"hooks\"\npath = \"/hooks/{event}\"\nmethods = [\"POST\"]\nupstream = \"app\"\naccess = \"webhook\"\nwebhook = \"w\"\n".into();
+        s.extra_config = format!(
+            "[webhooks.w]\nsecrets_env = [\"PORTIER_TEST_WH_REDIS\"]\n[rate_limit]\nstore = \"redis\"\nredis_url = \"{}\"\nredis_timeout_ms = 300\n{extra}",
+            redis.url()
+        );
+        s.start()
+    };
+    let a = replica("");
+    let b = replica("");
+    let body = br#"{"job":"shared"}"#;
+    let t = now();
+    let sig = sign(SECRET, "msg_shared", t, body);
+    let ts = t.to_string();
+    let post = |addr| {
+        send_body(
+            addr,
+            "POST",
+            "/hooks/done",
+            &[
+                ("webhook-id", "msg_shared"),
+                ("webhook-timestamp", &ts),
+                ("webhook-signature", &sig),
+            ],
+            body,
+            false,
+        )
+    };
+    assert_eq!(post(a.addr).status, 200);
+    // The same delivery to the other replica is a replay: the id lives in Redis.
+    let r = post(b.addr);
+    assert_eq!((r.status, r.reason().as_str()), (401, "webhook_replayed"));
+    // Without Redis a replay cannot be ruled out: refused with 503, never let through.
+    redis.stop();
+    let t2 = now();
+    let sig2 = sign(SECRET, "msg_new", t2, body);
+    let ts2 = t2.to_string();
+    let r = send_body(
+        a.addr,
+        "POST",
+        "/hooks/done",
+        &[
+            ("webhook-id", "msg_new"),
+            ("webhook-timestamp", &ts2),
+            ("webhook-signature", &sig2),
+        ],
+        body,
+        false,
+    );
+    assert_eq!(
+        (r.status, r.reason().as_str()),
+        (503, "replay_check_unavailable")
+    );
+    assert_eq!(
+        up.requests().len(),
+        1,
+        "only the first delivery reached the upstream"
+    );
+}
