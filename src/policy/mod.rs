@@ -310,6 +310,8 @@ pub struct Route {
     pub s3: Option<S3Mode>,
     /// For `s3 = "presign"`: the object route whose policy decides.
     pub presign_for: Option<String>,
+    /// `presign_for` resolved to its route index when the set is compiled.
+    pub presign_target: Option<usize>,
     /// For `s3 = "object"`: rules per kind folder; when any are listed, other kinds are refused.
     pub kinds: BTreeMap<String, KindRule>,
     pub params: Vec<String>,
@@ -443,6 +445,29 @@ impl PolicySet {
                 }
                 slot.push(idx);
                 set.routes.push(route);
+            }
+        }
+        // Presign routes name their object route; resolve once, so a typo is a `check` error
+        // and a request never searches the route table.
+        for i in 0..set.routes.len() {
+            let Some(name) = set.routes[i].presign_for.clone() else {
+                continue;
+            };
+            let target = set
+                .routes
+                .iter()
+                .position(|r| r.name == name && r.s3 == Some(S3Mode::Object));
+            match target {
+                Some(t) => set.routes[i].presign_target = Some(t),
+                None => {
+                    let r = &set.routes[i];
+                    diags.push(Diagnostic::line(
+                        &r.file,
+                        r.line,
+                        "route.presign_for",
+                        format!("{name:?} is not an s3 = \"object\" route"),
+                    ));
+                }
             }
         }
         if diags.has_errors() {
@@ -960,6 +985,7 @@ fn compile_route(
             timeout: r.timeout_ms.map(std::time::Duration::from_millis),
             s3: s3_mode,
             presign_for,
+            presign_target: None,
             kinds,
             params,
             segs,

@@ -438,3 +438,23 @@ fn random_requests_on_the_shipped_policies() {
         }
     }
 }
+
+#[test]
+fn presign_routes_must_name_an_object_route() {
+    let src = r#"
+[[route]]
+name = "presign"
+path = "/files/presigned-url"
+methods = ["POST"]
+upstream = "s3"
+s3 = "presign"
+presign_for = "filez"
+"#;
+    let text = PolicySet::compile(&[(PathBuf::from("p.toml"), src.to_string())], &["s3"])
+        .expect_err("unknown presign_for")
+        .to_string();
+    assert!(
+        text.contains("p.toml:3:1: route.presign_for: \"filez\" is not an s3 = \"object\" route"),
+        "{text}"
+    );
+}
