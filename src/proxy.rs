@@ -853,12 +853,9 @@ impl Portier {
             return Ok(Err(Reason::BadKey.into()));
         };
         let policies = &live.policies;
-        let target_route = route
-            .presign_for
-            .as_deref()
-            .and_then(|n| policies.routes.iter().position(|r| r.name == n));
-        let Some((target_index, pattern)) =
-            target_route.map(|i| (i, policies.routes[i].pattern.clone()))
+        let Some((target_index, pattern)) = route
+            .presign_target
+            .and_then(|i| Some((i, policies.routes.get(i)?.pattern.clone())))
         else {
             log::error!("presign route {} names no object route", route.name);
             return Ok(Err(Reason::Internal.into()));
@@ -1517,4 +1514,43 @@ pub fn wait_listening(addr: SocketAddr, timeout: Duration) -> bool {
         std::thread::sleep(Duration::from_millis(20));
     }
     false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().expect("ip")
+    }
+
+    #[test]
+    fn forwarded_for_is_believed_only_through_trusted_proxies() {
+        let lb = [Cidr::parse("10.0.0.0/8").expect("cidr")];
+        // An untrusted peer's X-Forwarded-For is ignored: it could name anyone.
+        assert_eq!(
+            client_ip(Some(ip("203.0.113.5")), Some("198.51.100.7"), &lb),
+            Some(ip("203.0.113.5"))
+        );
+        assert_eq!(
+            client_ip(Some(ip("203.0.113.5")), Some("198.51.100.7"), &[]),
+            Some(ip("203.0.113.5"))
+        );
+        // Through the load balancer: the right-most hop that is not a trusted proxy.
+        assert_eq!(
+            client_ip(Some(ip("10.0.0.2")), Some("198.51.100.7, 10.0.0.9"), &lb),
+            Some(ip("198.51.100.7"))
+        );
+        // A client-forged left-most entry does not win over the hop the proxy appended.
+        assert_eq!(
+            client_ip(Some(ip("10.0.0.2")), Some("1.2.3.4, 198.51.100.7"), &lb),
+            Some(ip("198.51.100.7"))
+        );
+        // Garbage stops the walk at the last trusted hop.
+        assert_eq!(
+            client_ip(Some(ip("10.0.0.2")), Some("nonsense"), &lb),
+            Some(ip("10.0.0.2"))
+        );
+        assert_eq!(client_ip(None, Some("1.2.3.4"), &lb), None);
+    }
 }
