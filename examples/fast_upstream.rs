@@ -6,6 +6,7 @@
 //! ```sh
 //! cargo run --release --example fast_upstream -- PORT [JWKS_FILE]
 //! ```
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::convert::Infallible;
 use std::process::ExitCode;

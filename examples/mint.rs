@@ -8,6 +8,7 @@
 //!
 //! Defaults: issuer `https://clerk.bench.test`, azp `https://app.bench.test`, 2 hours. Each
 //! token has its own `sub`, `sid` and `jti`, the `pro` plan and the `dashboard` feature.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::io::Write;
 use std::path::PathBuf;

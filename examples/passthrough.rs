@@ -9,6 +9,7 @@
 //! `UPSTREAM_ADDR` (`127.0.0.1:9000`) may also come from `PASSTHROUGH_UPSTREAM`, `THREADS`
 //! from `PASSTHROUGH_THREADS` (default 1, like Portier's `server.threads`). Listens on
 //! 127.0.0.1 only.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::net::SocketAddr;
 use std::process::ExitCode;

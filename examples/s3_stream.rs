@@ -4,6 +4,7 @@
 //! peak RSS (VmHWM). Everything on 127.0.0.1; the object is deleted at the end.
 //!
 //! cargo build --release --bin portier --example s3_stream && target/release/examples/s3_stream [MiB]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -92,7 +93,7 @@ session_token_env = "BENCH_S3_NO_TOKEN"
         .stdout(Stdio::null())
         .spawn()?;
     let pid = child.id();
-    if !portier::proxy::wait_listening(listen, Duration::from_secs(10)) {
+    if !portier::server::wait_listening(listen, Duration::from_secs(10)) {
         return Err("portier did not start".into());
     }
     let token = issuer.token(&issuer.claims("user_bench", "https://bench", 3600));

@@ -24,6 +24,9 @@ pub struct DecisionRecord<'a> {
     pub user_id: Option<&'a str>,
     pub status: u16,
     pub upstream: Option<&'a str>,
+    /// The S3 operation (`GetObject`, `PutObject`...) of an S3 route.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub operation: Option<&'static str>,
     pub latency_us: u64,
     pub policy_generation: u64,
 }

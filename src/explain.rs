@@ -1,6 +1,7 @@
 //! `portier explain`: what the proxy would do with one request, step by step. It runs the
-//! proxy's own functions (canonicalisation, authentication, `policy::decide`,
-//! `prepare_upstream_headers`), never a copy of their logic.
+//! proxy's own admission functions (canonicalisation, authentication, `policy::evaluate` with
+//! its trace, the S3 operation mapping, `prepare_upstream_headers`), never a copy of their
+//! logic, so the steps it prints are the ones the proxy takes.
 
 use std::sync::Arc;
 
@@ -8,13 +9,16 @@ use pingora::prelude::RequestHeader;
 use serde::Serialize;
 use serde_json::{Map, Value};
 
+use crate::admission::upstream::prepare_upstream_headers;
+use crate::admission::{authenticate, is_navigation};
 use crate::auth::{Identity, Verifier};
 use crate::config::Credentials;
 use crate::error::Reason;
 use crate::headers::HeaderGuard;
 use crate::path::canonicalize;
-use crate::policy::{explain, Authn, Decision, PolicySet, RequestFacts, Step};
-use crate::proxy::{authenticate, is_navigation, prepare_upstream_headers};
+use crate::policy::{
+    explain, object_key, Authn, Decision, PolicySet, RequestFacts, RouteKind, Step,
+};
 
 /// Who the request is from.
 pub enum ExplainAuth {
@@ -58,13 +62,28 @@ pub struct ExplainRequest<'a> {
     pub auth: ExplainAuth,
 }
 
-pub async fn explain_request(
-    policies: &PolicySet,
-    verifier: &Verifier,
-    guard: &HeaderGuard,
-    credentials_of: impl Fn(&str) -> Credentials,
+/// What the proxy would run with: the policies, verifier and header guard of a config.
+pub struct ExplainContext<'a, F: Fn(&str) -> Credentials> {
+    pub policies: &'a PolicySet,
+    pub verifier: &'a Verifier,
+    pub guard: &'a HeaderGuard,
+    /// Whether an upstream takes the caller's credentials.
+    pub credentials_of: F,
+    /// `[limits] max_body_bytes`.
+    pub max_body_bytes: u64,
+}
+
+pub async fn explain_request<F: Fn(&str) -> Credentials>(
+    cx: ExplainContext<'_, F>,
     request: ExplainRequest<'_>,
 ) -> Result<ExplainReport, ExplainError> {
+    let ExplainContext {
+        policies,
+        verifier,
+        guard,
+        credentials_of,
+        max_body_bytes,
+    } = cx;
     let ExplainRequest {
         method,
         target,
@@ -97,12 +116,11 @@ pub async fn explain_request(
     let canonical = match canonicalize(&raw_path) {
         Ok(c) => c,
         Err(e) => {
-            report.steps.push(Step {
-                check: format!("canonical path: {e}"),
-                mode: "enforce",
-                passed: false,
-                reason: Some(Reason::BadPath.code()),
-            });
+            report.steps.push(Step::new(
+                format!("canonical path: {e}"),
+                false,
+                Some(Reason::BadPath),
+            ));
             report.status = Reason::BadPath.status();
             report.reason = Some(Reason::BadPath.code());
             return Ok(report);
@@ -110,7 +128,7 @@ pub async fn explain_request(
     };
     report.canonical_path = Some(canonical.clone());
     let authn = match auth {
-        ExplainAuth::FromRequest => authenticate(verifier, &req).await,
+        ExplainAuth::FromRequest => authenticate(verifier, &req.headers).await,
         ExplainAuth::Claims(mut claims) => {
             claims
                 .entry("sid")
@@ -129,39 +147,57 @@ pub async fn explain_request(
     };
     let facts = RequestFacts {
         method,
-        navigation: is_navigation(&req),
+        navigation: is_navigation(&req.method, &req.headers),
     };
-    let ex = explain(policies, &canonical, &facts, &authn);
-    report.steps = ex.steps;
-    report.params = ex.params;
+    let mut ex = explain(policies, &canonical, &facts, &authn);
+    report.params = ex.params.clone();
     report.route = ex.route.clone();
-    if let Some(name) = &ex.route {
-        if let Some(r) = policies.routes.iter().find(|r| &r.name == name) {
-            report.route_location = Some(format!("{}:{}", r.file.display(), r.line));
-            report.upstream = Some(r.upstream.clone());
+    let route = ex.route_index.and_then(|i| policies.routes.get(i));
+    if let Some(r) = route {
+        report.route_location = Some(format!("{}:{}", r.file.display(), r.line));
+        report.upstream = Some(r.upstream.clone());
+    }
+    // Object routes: the store operation the proxy would perform, from the same function.
+    if let (Some(r), Decision::Allow { identity, .. }) = (route, &ex.decision) {
+        if let RouteKind::S3Object(obj) = &r.kind {
+            if let Ok(m) = policies.lookup(method, &canonical) {
+                let key = object_key(r, &canonical, &m.params);
+                let op = crate::admission::s3::operation(
+                    obj,
+                    key,
+                    method,
+                    req.uri.query(),
+                    &req.headers,
+                    identity.as_deref(),
+                    r.max_body_bytes.unwrap_or(max_body_bytes),
+                );
+                match op {
+                    Ok(op) => ex.steps.push(Step::new(
+                        format!("s3 operation: {}", op.name()),
+                        true,
+                        None,
+                    )),
+                    Err(reason) => {
+                        ex.steps
+                            .push(Step::new("s3 operation", false, Some(reason)));
+                        ex.decision = Decision::Deny(reason);
+                    }
+                }
+            }
         }
     }
+    report.steps = ex.steps;
     match &ex.decision {
         Decision::Deny(r) => {
             report.status = r.status();
             report.reason = Some(r.code());
         }
         Decision::Allow {
-            identity,
-            shadow,
-            signed_out_page,
+            identity, shadow, ..
         } => {
             report.decision = "allow";
             report.status = 200;
             report.shadow_reason = shadow.map(Reason::code);
-            if *signed_out_page {
-                report.steps.push(Step {
-                    check: "page navigation with an expired cookie: passes signed out".into(),
-                    mode: "enforce",
-                    passed: true,
-                    reason: None,
-                });
-            }
             let credentials = report
                 .upstream
                 .as_deref()

@@ -6,17 +6,7 @@
 use std::collections::HashSet;
 
 use crate::auth::Identity;
-use crate::config::IdentityHeaders;
-
-/// Lower-case, with `_` and `.` folded to `-`: the spelling-insensitive form of a header name.
-pub fn fold(name: &str) -> String {
-    name.bytes()
-        .map(|b| match b {
-            b'_' | b'.' => '-',
-            b => b.to_ascii_lowercase() as char,
-        })
-        .collect()
-}
+use crate::config::{fold_header_name as fold, IdentityHeaders};
 
 /// Always removed, whatever the configured names.
 const ALWAYS_STRIPPED: &[&str] = &["x-middleware-subrequest"];

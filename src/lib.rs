@@ -3,6 +3,8 @@
 //! allowed, with identity headers the upstream can trust.
 #![forbid(unsafe_code)]
 
+pub mod admin;
+pub mod admission;
 pub mod auth;
 pub mod config;
 pub mod decision_log;
@@ -20,6 +22,8 @@ pub mod proxy;
 pub mod reload;
 pub mod s3;
 pub mod serve;
+pub mod server;
+pub mod state;
 
 /// The reserved upstream name of the S3 bucket configured in `[s3]`.
 pub const S3_UPSTREAM: &str = "s3";

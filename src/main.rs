@@ -13,12 +13,13 @@ use serde_json::{json, Value};
 use portier::config::{Config, Credentials};
 use portier::dev::{self, DevIssuer};
 use portier::diag::Diagnostics;
-use portier::explain::{explain_request, ExplainAuth, ExplainRequest};
+use portier::explain::{explain_request, ExplainAuth, ExplainContext, ExplainRequest};
 use portier::headers::HeaderGuard;
-use portier::policy::lint::lint;
+use portier::policy::lint::lint_structure;
 use portier::policy::testing;
-use portier::policy::{Known, PolicySet};
-use portier::proxy;
+use portier::policy::{read_dir_sources, Known, PolicySet};
+use portier::server;
+use portier::state::{build_verifier, ConfigInput, Gateway, PolicyInput, Sources};
 
 // glibc malloc/free were ~13% of a proxied request's CPU in the load bench (BENCHMARKS.md).
 #[global_allocator]
@@ -171,14 +172,24 @@ fn check(config: &Path, format: Format, deny_warnings: bool) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let set = match cfg.load_policies() {
-        Ok(set) => set,
+    // Every problem at once: what does not compile is reported next to the lints of
+    // everything that does.
+    let sources = match read_dir_sources(&cfg.policies_dir) {
+        Ok(s) => s,
         Err(d) => {
             print_diags(&d, format);
             return ExitCode::FAILURE;
         }
     };
-    let findings = lint(&set, &cfg.declared).sorted();
+    let (ups, hooks) = (cfg.upstream_names(), cfg.webhook_names());
+    let known = Known {
+        upstreams: &ups,
+        webhooks: &hooks,
+        declared: Some(&cfg.declared),
+    };
+    let (set, mut findings) = PolicySet::compile_partial(&sources, known);
+    findings.extend(lint_structure(&set));
+    let findings = findings.sorted();
     print_diags(&findings, format);
     let failed = findings.has_errors() || (deny_warnings && findings.warnings() > 0);
     if format == Format::Text {
@@ -202,7 +213,7 @@ fn check(config: &Path, format: Format, deny_warnings: bool) -> ExitCode {
 fn policy_test(config: &Path, cases: Option<PathBuf>) -> ExitCode {
     let result = (|| -> anyhow::Result<bool> {
         let cfg = Config::load(config).map_err(|d| anyhow!("invalid config:\n{d}"))?;
-        let set = cfg.load_policies().map_err(|d| anyhow!("policies:\n{d}"))?;
+        let set = PolicySet::load_config_dir(&cfg).map_err(|d| anyhow!("policies:\n{d}"))?;
         let dir = cases.unwrap_or_else(|| cfg.policies_dir.join("tests"));
         let sources = testing::load_cases(&dir).map_err(|d| anyhow!("{d}"))?;
         let results = testing::run(&set, &sources).map_err(|d| anyhow!("test files:\n{d}"))?;
@@ -251,7 +262,7 @@ fn explain(
     format: Format,
 ) -> anyhow::Result<()> {
     let cfg = Config::load(config).map_err(|d| anyhow!("invalid config:\n{d}"))?;
-    let set = cfg.load_policies().map_err(|d| anyhow!("policies:\n{d}"))?;
+    let set = PolicySet::load_config_dir(&cfg).map_err(|d| anyhow!("policies:\n{d}"))?;
     let mut hs: Vec<(String, String)> = headers
         .iter()
         .map(|h| {
@@ -277,7 +288,7 @@ fn explain(
         }
         None => ExplainAuth::FromRequest,
     };
-    let verifier = proxy::build_verifier(&cfg)?;
+    let verifier = build_verifier(&cfg)?;
     let guard = HeaderGuard::new(&cfg.headers);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -288,17 +299,18 @@ fn explain(
         headers: &hs,
         auth,
     };
-    let report = rt.block_on(explain_request(
-        &set,
-        &verifier,
-        &guard,
-        |u| {
+    let cx = ExplainContext {
+        policies: &set,
+        verifier: &verifier,
+        guard: &guard,
+        credentials_of: |u: &str| {
             cfg.upstreams
                 .get(u)
                 .map_or(Credentials::Strip, |u| u.credentials)
         },
-        request,
-    ))?;
+        max_body_bytes: cfg.limits.max_body_bytes,
+    };
+    let report = rt.block_on(explain_request(cx, request))?;
     match format {
         Format::Text => print!("{}", report.render_text()),
         Format::Json => println!("{}", serde_json::to_string_pretty(&report)?),
@@ -309,14 +321,14 @@ fn explain(
 fn run(config: &Path) -> anyhow::Result<()> {
     init_logging();
     let cfg = Config::load(config).map_err(|d| anyhow!("invalid config:\n{d}"))?;
-    let built = proxy::build_from_config(&cfg, config)?;
+    let built = server::build_from_config(&cfg, config)?;
     warm_keys(&built.gateway);
     log::info!("portier listening on {:?}", built.listen);
     built.server.run_forever()
 }
 
 /// Fetch keys before serving so the first request does not wait; not fatal if it fails.
-fn warm_keys(gw: &proxy::Gateway) {
+fn warm_keys(gw: &Gateway) {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build();
@@ -344,39 +356,20 @@ fn run_dev(listen: SocketAddr, policies: Option<PathBuf>) -> anyhow::Result<()> 
     let mut cfg = Config::parse(Path::new("<dev>"), &dev::dev_config_toml(listen, &servers))
         .map_err(|d| anyhow!("dev config:\n{d}"))?;
     cfg.verifier.issuer = servers.issuer.issuer.clone();
-    let set = match &policies {
-        Some(dir) => {
-            let (ups, hooks) = (cfg.upstream_names(), cfg.webhook_names());
-            PolicySet::load_dir_with(
-                dir,
-                Known {
-                    upstreams: &ups,
-                    webhooks: &hooks,
-                },
-            )
-        }
-        None => {
-            let sources: Vec<(PathBuf, String)> = dev::EMBEDDED_POLICIES
-                .iter()
-                .map(|(f, s)| (PathBuf::from(f), s.to_string()))
-                .collect();
-            let (ups, hooks) = (cfg.upstream_names(), cfg.webhook_names());
-            PolicySet::compile_with(
-                &sources,
-                Known {
-                    upstreams: &ups,
-                    webhooks: &hooks,
-                },
-            )
-        }
-    }
-    .map_err(|d| anyhow!("policies:\n{d}"))?;
-    let verifier = proxy::build_verifier(&cfg)?;
-    let sources = proxy::ReloadSources {
-        config: None,
-        policies_dir: policies.clone(),
+    // Edits to a policies directory apply live, as with `portier run`.
+    let sources = Sources {
+        config: ConfigInput::Fixed,
+        policies: match &policies {
+            Some(dir) => PolicyInput::Dir(dir.clone()),
+            None => PolicyInput::Embedded(
+                dev::EMBEDDED_POLICIES
+                    .iter()
+                    .map(|(f, s)| (PathBuf::from(f), s.to_string()))
+                    .collect(),
+            ),
+        },
     };
-    let built = proxy::build(&cfg, set, verifier, sources)?;
+    let built = server::build(&cfg, sources)?;
     let pro = servers.issuer.token(&with_entitlements(
         servers
             .issuer

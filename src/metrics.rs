@@ -17,6 +17,7 @@ pub struct Metrics {
     pub latency: HistogramVec,
     pub shadow_denials: IntCounterVec,
     pub reloads: IntCounterVec,
+    pub restart_required: IntCounterVec,
     pub policy_generation: IntGauge,
     pub upstream_errors: IntCounterVec,
     pub upstream_bytes: IntCounterVec,
@@ -104,6 +105,12 @@ impl Metrics {
                 "portier_policy_reloads_total",
                 "Policy/config reloads by result",
                 &["result"],
+            )?,
+            restart_required: counter_vec(
+                &r,
+                "portier_reload_restart_required_total",
+                "Reloads that changed a config section only a restart applies, by section",
+                &["section"],
             )?,
             upstream_errors: counter_vec(
                 &r,

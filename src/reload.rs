@@ -1,18 +1,16 @@
-//! Hot reload and the admin endpoint.
-//!
-//! A reload reads `config.toml` and the policies directory, checks and compiles them off the
-//! request path, and installs the result with one atomic swap; requests in flight finish on the
-//! state they started with. Anything invalid refuses the whole reload: the last good state
-//! keeps serving, the error is logged with file and line, and `portier_policy_reloads_total
-//! {result="error"}` counts it. Config changes that need a new process (listeners, threads,
-//! upstreams, admin, decision log) are reported and not applied.
+//! Hot reload: reading `config.toml` and the policies again, off the request path, and
+//! installing the result with one atomic swap; requests in flight finish on the state they
+//! started with. Anything invalid refuses the whole reload: the last good state keeps
+//! serving, the error is logged with file and line, and `portier_policy_reloads_total
+//! {result="error"}` counts it. Config sections only a restart applies (listeners, threads,
+//! upstreams, admin, decision log, rate-limit store) are reported and counted
+//! (`portier_reload_restart_required_total{section}`), not applied.
 //!
 //! Changes are noticed by polling a fingerprint of the files (editors replace files by
 //! rename, which inotify-style watchers miss or double-report) and on SIGHUP.
 
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
-use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,19 +20,14 @@ use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 
 use crate::config::Config;
-use crate::diag::Diagnostics;
-use crate::policy::PolicySet;
-use crate::proxy::{build_verifier, Gateway, Live, StartError};
-use crate::serve::{serve, text_response};
+use crate::state::{ConfigInput, Gateway, Live, StartError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReloadError {
-    #[error("config:\n{0}")]
-    Config(Diagnostics),
-    #[error("policies:\n{0}")]
-    Policies(Diagnostics),
     #[error("{0}")]
     Start(#[from] StartError),
+    #[error("reload task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
 }
 
 /// What a successful reload did.
@@ -50,15 +43,17 @@ impl Gateway {
     pub async fn reload(self: &Arc<Self>) -> Result<ReloadReport, ReloadError> {
         let _guard = self.reload_lock.lock().await;
         let gw = self.clone();
-        let result = tokio::task::spawn_blocking(move || gw.prepare())
-            .await
-            .map_err(|e| ReloadError::Start(StartError::Pingora(format!("reload task: {e}"))))?;
-        match result {
+        let result = tokio::task::spawn_blocking(move || gw.prepare()).await;
+        match result.map_err(ReloadError::from).and_then(|r| Ok(r?)) {
             Ok((live, restart_required)) => {
                 let generation = live.generation;
                 self.install(live);
                 self.metrics.reloads.with_label_values(&["ok"]).inc();
                 for what in &restart_required {
+                    self.metrics
+                        .restart_required
+                        .with_label_values(&[what])
+                        .inc();
                     log::warn!("reload: {what} changed; restart Portier to apply it");
                 }
                 log::info!("reload: policy generation {generation} active");
@@ -76,73 +71,13 @@ impl Gateway {
     }
 
     /// Builds the next state without touching the current one.
-    fn prepare(&self) -> Result<(Live, Vec<&'static str>), ReloadError> {
+    fn prepare(&self) -> Result<(Live, Vec<&'static str>), StartError> {
         let cur = self.live();
-        let cfg = match &self.config_path {
-            Some(p) => Arc::new(Config::load(p).map_err(ReloadError::Config)?),
-            None => cur.config.clone(),
+        let cfg = match &self.sources.config {
+            ConfigInput::File(p) => Arc::new(Config::load(p).map_err(StartError::Config)?),
+            ConfigInput::Fixed => cur.config.clone(),
         };
-        let old = &cur.config;
-        let mut restart = Vec::new();
-        if cfg.server != old.server {
-            restart.push("server");
-        }
-        if cfg.upstreams != old.upstreams {
-            restart.push("upstreams");
-        }
-        if cfg.admin_listen != old.admin_listen {
-            restart.push("admin");
-        }
-        if cfg.decision_log != old.decision_log {
-            restart.push("decision_log");
-        }
-        let verifier = if cfg.verifier == old.verifier
-            && cfg.jwks_source == old.jwks_source
-            && cfg.jwks_timing == old.jwks_timing
-        {
-            cur.verifier.clone()
-        } else {
-            Arc::new(build_verifier(&cfg)?)
-        };
-        let guard = if cfg.headers == old.headers {
-            cur.guard.clone()
-        } else {
-            Arc::new(crate::headers::HeaderGuard::new(&cfg.headers))
-        };
-        let policies = match &self.policies_dir {
-            Some(_) => {
-                let dir = if self.config_path.is_some() {
-                    cfg.policies_dir.clone()
-                } else {
-                    self.policies_dir.clone().unwrap_or_default()
-                };
-                let hooks = cfg.webhook_names();
-                let ups = self.upstream_names();
-                let known = crate::policy::Known {
-                    upstreams: &ups,
-                    webhooks: &hooks,
-                };
-                Arc::new(PolicySet::load_dir_with(&dir, known).map_err(ReloadError::Policies)?)
-            }
-            None => cur.policies.clone(),
-        };
-        let webhooks = if cfg.webhooks == old.webhooks {
-            cur.webhooks.clone()
-        } else {
-            Arc::new(crate::proxy::build_webhooks(&cfg)?)
-        };
-        if cfg.rate_limit != old.rate_limit {
-            restart.push("rate_limit");
-        }
-        let live = Live {
-            generation: cur.generation + 1,
-            config: cfg,
-            policies,
-            verifier,
-            guard,
-            webhooks,
-        };
-        Ok((live, restart))
+        Live::build(cfg, &self.sources, Some(&cur))
     }
 
     /// A fingerprint of every file a reload reads; it changes when any of them does.
@@ -152,14 +87,10 @@ impl Gateway {
             p.hash(&mut h);
             std::fs::read(p).ok().hash(&mut h);
         };
-        if let Some(c) = &self.config_path {
+        if let ConfigInput::File(c) = &self.sources.config {
             add(c);
         }
-        let dir = match (&self.config_path, &self.policies_dir) {
-            (Some(_), _) => Some(self.live().config.policies_dir.clone()),
-            (None, d) => d.clone(),
-        };
-        if let Some(dir) = dir {
+        if let Some(dir) = self.sources.policies_dir(&self.live().config) {
             if let Ok(rd) = std::fs::read_dir(&dir) {
                 let mut files: Vec<_> = rd.filter_map(|e| e.ok().map(|e| e.path())).collect();
                 files.sort();
@@ -175,17 +106,18 @@ impl Gateway {
     }
 }
 
-/// Background service: reloads when the files change (polling) or on SIGHUP.
+/// Background service: reloads when the files change (polling) or on SIGHUP. The poll period
+/// is read from the live config each round, so a change to `policies.reload_poll_ms` applies
+/// at the next round.
 pub struct Reloader {
     pub gateway: Arc<Gateway>,
-    pub poll: Option<Duration>,
 }
 
 #[async_trait]
 impl BackgroundService for Reloader {
     async fn start(&self, mut shutdown: ShutdownWatch) {
         let gw = &self.gateway;
-        if gw.config_path.is_none() && gw.policies_dir.is_none() {
+        if !gw.sources.reloadable() {
             return;
         }
         let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
@@ -196,9 +128,10 @@ impl BackgroundService for Reloader {
             }
         };
         let mut last = gw.fingerprint();
-        // The poll sleeps; without polling, wait (nearly) forever for SIGHUP or shutdown.
-        let period = self.poll.unwrap_or(Duration::from_secs(86_400));
         loop {
+            let poll = gw.live().config.reload_poll;
+            // Without polling, wait (nearly) forever for SIGHUP or shutdown.
+            let period = poll.unwrap_or(Duration::from_secs(86_400));
             let signalled = tokio::select! {
                 _ = shutdown.changed() => return,
                 _ = tokio::time::sleep(period) => false,
@@ -209,7 +142,7 @@ impl BackgroundService for Reloader {
                     }
                 } => true,
             };
-            if !signalled && self.poll.is_none() {
+            if !signalled && poll.is_none() {
                 continue;
             }
             let now = gw.fingerprint();
@@ -220,57 +153,6 @@ impl BackgroundService for Reloader {
             tokio::time::sleep(Duration::from_millis(20)).await;
             last = gw.fingerprint();
             let _ = gw.reload().await;
-        }
-    }
-}
-
-/// Background service: flushes the decision log every second, and once more at shutdown.
-pub struct LogFlusher {
-    pub gateway: Arc<Gateway>,
-}
-
-#[async_trait]
-impl BackgroundService for LogFlusher {
-    async fn start(&self, mut shutdown: ShutdownWatch) {
-        loop {
-            tokio::select! {
-                _ = shutdown.changed() => {
-                    self.gateway.flush_logs();
-                    return;
-                }
-                _ = tokio::time::sleep(Duration::from_secs(1)) => self.gateway.flush_logs(),
-            }
-        }
-    }
-}
-
-/// Background service: `/metrics` (Prometheus text), `/healthz`, `/readyz` on the admin address.
-pub struct Admin {
-    pub gateway: Arc<Gateway>,
-    pub addr: SocketAddr,
-}
-
-#[async_trait]
-impl BackgroundService for Admin {
-    async fn start(&self, mut shutdown: ShutdownWatch) {
-        let listener = match tokio::net::TcpListener::bind(self.addr).await {
-            Ok(l) => l,
-            Err(e) => {
-                log::error!("admin listener {}: {e}", self.addr);
-                return;
-            }
-        };
-        let gw = self.gateway.clone();
-        let handler = Arc::new(move |parts: http::request::Parts| match parts.uri.path() {
-            "/metrics" => text_response(200, "text/plain; version=0.0.4", gw.render_metrics()),
-            "/healthz" => text_response(200, "text/plain", "ok\n".into()),
-            "/readyz" if gw.ready() => text_response(200, "text/plain", "ready\n".into()),
-            "/readyz" => text_response(503, "text/plain", "signing keys not loaded\n".into()),
-            _ => text_response(404, "text/plain", "not found\n".into()),
-        });
-        tokio::select! {
-            _ = shutdown.changed() => {}
-            _ = serve(listener, handler) => {}
         }
     }
 }

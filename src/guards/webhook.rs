@@ -3,8 +3,8 @@
 //! This module owns the webhook secrets (decoded once at startup, never logged), the check of
 //! the `svix-*` / `webhook-*` headers against the raw body, and the record of message ids
 //! already accepted. It does not read HTTP requests itself: the caller hands it header values
-//! and the body bytes, then maps [`WebhookError::reason_code`] (or [`REASON_REPLAYED`]) to the
-//! client-facing refusal.
+//! and the body bytes, then maps [`WebhookError::reason`] (or [`Reason::WebhookReplayed`]) to
+//! the client-facing refusal.
 //!
 //! Order of use: [`verify`] first, then [`ReplayStore::first_seen`] with the message id. Only
 //! ids carried by a valid signature reach the replay store, so an unauthenticated sender cannot
@@ -18,6 +18,8 @@ use aws_lc_rs::{constant_time, hmac};
 use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig};
 use base64::engine::DecodePaddingMode;
 use base64::Engine;
+
+use crate::error::Reason;
 
 /// Reason code for a message id already accepted within the replay window. The replay decision
 /// belongs to the caller (it owns the [`ReplayStore`]), but the code lives here with its siblings.
@@ -54,17 +56,22 @@ pub enum WebhookError {
 }
 
 impl WebhookError {
-    /// The client-facing reason code. A malformed header is reported like a wrong signature so
+    /// The client-facing reason. A malformed header is reported like a wrong signature so
     /// that a prober learns nothing about which part of the check failed.
-    pub fn reason_code(&self) -> &'static str {
+    pub fn reason(&self) -> Reason {
         match self {
             WebhookError::MissingHeader(_)
             | WebhookError::NoUsableSignature
-            | WebhookError::SignatureMismatch => "webhook_signature_invalid",
+            | WebhookError::SignatureMismatch => Reason::WebhookSignatureInvalid,
             WebhookError::TimestampInvalid | WebhookError::TimestampOutOfRange { .. } => {
-                "webhook_timestamp_out_of_range"
+                Reason::WebhookTimestampOutOfRange
             }
         }
+    }
+
+    /// The reason's stable code.
+    pub fn reason_code(&self) -> &'static str {
+        self.reason().code()
     }
 }
 

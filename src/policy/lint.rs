@@ -7,16 +7,12 @@
 
 use std::collections::HashSet;
 
+use super::compile::strip_scope;
 use super::router::PatSeg;
-use super::{Access, PolicySet, Requirement, Route};
+use super::{PolicySet, Requirement, Route};
 use crate::diag::{Diagnostic, Diagnostics};
 
-/// Names a platform team declared (in `config.toml`'s `[policies]`); empty means undeclared.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Declared {
-    pub plans: Vec<String>,
-    pub features: Vec<String>,
-}
+pub use crate::config::Declared;
 
 const FRESH: &str = "~portier~";
 
@@ -77,20 +73,22 @@ fn pattern_matches(segs: &[PatSeg], path: &str) -> bool {
     i == parts.len()
 }
 
-fn strip_scope(name: &str) -> &str {
-    for p in ["org:", "o:", "organization:", "user:", "u:"] {
-        if let Some(rest) = name.strip_prefix(p) {
-            return rest;
-        }
-    }
-    name
-}
-
 fn same_rules(a: &Route, b: &Route) -> bool {
-    a.access == b.access && a.requires == b.requires && a.mode == b.mode
+    a.access() == b.access()
+        && a.requires == b.requires
+        && a.mode() == b.mode()
+        && std::mem::discriminant(&a.kind) == std::mem::discriminant(&b.kind)
 }
 
+/// Every lint: the structural ones and undeclared plan/feature names.
 pub fn lint(set: &PolicySet, declared: &Declared) -> Diagnostics {
+    let mut out = lint_structure(set);
+    out.extend(lint_declared(set, declared));
+    out
+}
+
+/// Lints about how routes relate (shadowing, overlaps, public writes).
+pub fn lint_structure(set: &PolicySet) -> Diagnostics {
     let mut out = Diagnostics::default();
     let max_depth = set.routes.iter().map(|r| r.segs.len()).max().unwrap_or(0);
     let mut overlap_reported = HashSet::new();
@@ -161,7 +159,7 @@ pub fn lint(set: &PolicySet, declared: &Declared) -> Diagnostics {
                 }
             }
         }
-        if route.access == Access::Public && route.methods.has_writes() {
+        if route.is_public() && route.methods.has_writes() {
             out.push(
                 Diagnostic::line(
                     &route.file,
@@ -177,6 +175,15 @@ pub fn lint(set: &PolicySet, declared: &Declared) -> Diagnostics {
                 .code("public_write"),
             );
         }
+    }
+    out
+}
+
+/// Plan and feature names not declared in config.toml (when it declares any). `portier check`
+/// gets these from the compiler instead, so routes with other errors are covered too.
+pub fn lint_declared(set: &PolicySet, declared: &Declared) -> Diagnostics {
+    let mut out = Diagnostics::default();
+    for route in &set.routes {
         for r in route.requires.iter().chain(&route.shadow) {
             let (names, declared_list, code, key) = match r {
                 Requirement::Plan(p) => (p, &declared.plans, "unknown_plan", "route.plan"),

@@ -1,8 +1,11 @@
 use std::path::PathBuf;
 
+use std::sync::Arc;
+
 use serde_json::json;
 
 use super::*;
+use crate::auth::{Identity, TokenSource};
 
 fn set(src: &str) -> PolicySet {
     PolicySet::compile(
@@ -360,6 +363,7 @@ fn shipped_policies_compile() {
     let known = Known {
         upstreams: &["flask", "nextjs", "s3"],
         webhooks: &["workers", "clerk"],
+        declared: None,
     };
     let s = PolicySet::load_dir_with(&dir, known).unwrap_or_else(|d| panic!("{d}"));
     assert!(s.routes.len() >= 10);
@@ -374,6 +378,7 @@ fn random_requests_on_the_shipped_policies() {
     let known = Known {
         upstreams: &["flask", "nextjs", "s3"],
         webhooks: &["workers", "clerk"],
+        declared: None,
     };
     let set = PolicySet::load_dir_with(&dir, known).unwrap_or_else(|d| panic!("{d}"));
     let segs = [
@@ -427,7 +432,7 @@ fn random_requests_on_the_shipped_policies() {
                     let value = &c[s..e];
                     let owned = value == "user_a"
                         || value.starts_with("user_a/")
-                        || (r.s3.is_some() && value.is_empty());
+                        || (r.is_s3() && value.is_empty());
                     assert!(
                         owned,
                         "{method} {c} allowed on {} with owner value {value:?}",

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 
+use super::S3Config;
 use super::{query_string, Credentials, SignError};
-use crate::config::S3Config;
 use crate::error::Reason;
 
 #[derive(Debug, thiserror::Error)]

@@ -20,3 +20,14 @@ pub use sign::{
     Payload, S3Target, SignError, MAX_PRESIGN_EXPIRY,
 };
 pub use store::{generate_keys, start, EmbeddedStore, StoreError};
+
+/// The bucket behind the reserved upstream `s3`, as checked from `config.toml`'s `[s3]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct S3Config {
+    pub target: S3Target,
+    pub env: EnvNames,
+    pub presign_default: std::time::Duration,
+    pub presign_max: std::time::Duration,
+    pub connect_timeout: std::time::Duration,
+    pub read_timeout: std::time::Duration,
+}

@@ -12,7 +12,8 @@ use std::time::Duration;
 
 use portier::config::Config;
 use portier::dev::{json_response, serve, DevIssuer};
-use portier::proxy::{self, Gateway, ShutdownHandle};
+use portier::server::{self, ShutdownHandle};
+use portier::state::Gateway;
 use serde_json::{json, Value};
 
 pub const ISSUER: &str = "https://clerk.portier.test";
@@ -407,13 +408,13 @@ path = "{log}"
         capture_logs();
         let (dir, cfg_path, listen) = self.write();
         let cfg = Config::load(&cfg_path).unwrap_or_else(|d| panic!("config:\n{d}"));
-        cfg.load_policies()
+        portier::policy::PolicySet::load_config_dir(&cfg)
             .unwrap_or_else(|d| panic!("policies:\n{d}"));
-        let built = proxy::build_from_config(&cfg, &cfg_path).expect("build");
+        let built = server::build_from_config(&cfg, &cfg_path).expect("build");
         let gateway = built.gateway.clone();
-        let (shutdown, _thread) = proxy::spawn(built);
+        let (shutdown, _thread) = server::spawn(built);
         assert!(
-            proxy::wait_listening(listen, Duration::from_secs(10)),
+            server::wait_listening(listen, Duration::from_secs(10)),
             "portier did not start"
         );
         Portier {
@@ -705,7 +706,7 @@ impl Redis {
             .expect("redis-server is required (scripts/setup installs it)");
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
         assert!(
-            proxy::wait_listening(addr, Duration::from_secs(10)),
+            server::wait_listening(addr, Duration::from_secs(10)),
             "redis-server did not start"
         );
         Redis { port, child }
@@ -745,7 +746,7 @@ impl PortierProcess {
             .spawn()
             .expect("start portier");
         assert!(
-            proxy::wait_listening(addr, Duration::from_secs(15)),
+            server::wait_listening(addr, Duration::from_secs(15)),
             "portier process did not start"
         );
         PortierProcess {

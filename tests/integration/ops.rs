@@ -318,7 +318,7 @@ feature = ["beta"]
 fn metrics_health_and_readiness() {
     let admin = free_port();
     let w = World::start_with(|s| s.admin = Some(admin));
-    assert!(portier::proxy::wait_listening(
+    assert!(portier::server::wait_listening(
         admin,
         Duration::from_secs(5)
     ));
@@ -372,7 +372,7 @@ fn readiness_waits_for_keys() {
     let admin = free_port();
     let w = World::start_with(|s| s.admin = Some(admin));
     w.jwks.up.store(false, Ordering::SeqCst);
-    assert!(portier::proxy::wait_listening(
+    assert!(portier::server::wait_listening(
         admin,
         Duration::from_secs(5)
     ));

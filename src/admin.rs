@@ -1,0 +1,64 @@
+//! Background services beside the proxy: the admin endpoint (`/metrics` in Prometheus text,
+//! `/healthz`, `/readyz`) and the decision-log flusher.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
+
+use crate::serve::{serve, text_response};
+use crate::state::Gateway;
+
+/// Background service: flushes the decision log every second, and once more at shutdown.
+pub struct LogFlusher {
+    pub gateway: Arc<Gateway>,
+}
+
+#[async_trait]
+impl BackgroundService for LogFlusher {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => {
+                    self.gateway.flush_logs();
+                    return;
+                }
+                _ = tokio::time::sleep(Duration::from_secs(1)) => self.gateway.flush_logs(),
+            }
+        }
+    }
+}
+
+/// Background service: `/metrics`, `/healthz`, `/readyz` on the admin address.
+pub struct Admin {
+    pub gateway: Arc<Gateway>,
+    pub addr: SocketAddr,
+}
+
+#[async_trait]
+impl BackgroundService for Admin {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let listener = match tokio::net::TcpListener::bind(self.addr).await {
+            Ok(l) => l,
+            Err(e) => {
+                log::error!("admin listener {}: {e}", self.addr);
+                return;
+            }
+        };
+        let gw = self.gateway.clone();
+        let handler = Arc::new(move |parts: http::request::Parts| match parts.uri.path() {
+            "/metrics" => text_response(200, "text/plain; version=0.0.4", gw.render_metrics()),
+            "/healthz" => text_response(200, "text/plain", "ok\n".into()),
+            "/readyz" if gw.ready() => text_response(200, "text/plain", "ready\n".into()),
+            "/readyz" => text_response(503, "text/plain", "signing keys not loaded\n".into()),
+            _ => text_response(404, "text/plain", "not found\n".into()),
+        });
+        tokio::select! {
+            _ = shutdown.changed() => {}
+            _ = serve(listener, handler) => {}
+        }
+    }
+}

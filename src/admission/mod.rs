@@ -1,0 +1,178 @@
+//! Admission: what the proxy decides about a request before anything is forwarded, as plain
+//! functions over request data (headers, method, addresses) that return data or a
+//! [`Reason`]. The Pingora glue (`crate::proxy`) calls them in a fixed order; `portier
+//! explain` calls the same functions, never a copy of their logic.
+//!
+//! The order, whatever the route's kind: size of the head, canonical path, route, announced
+//! body size, authentication (session token, or none on webhook routes), policy
+//! ([`crate::policy::evaluate`]), rate limit, then the kind's own checks (webhook signature,
+//! S3 operation, presign request) and finally the upstream request.
+
+pub mod s3;
+pub mod upstream;
+
+use std::net::IpAddr;
+
+use http::{HeaderMap, Method};
+
+use crate::auth::{extract_token, Identity, Verifier};
+use crate::config::Cidr;
+use crate::error::Reason;
+use crate::policy::{Authn, Route};
+
+/// Authenticates a request from its headers: the identity, or why there is none.
+pub async fn authenticate(verifier: &Verifier, headers: &HeaderMap) -> Authn {
+    let settings = verifier.settings();
+    let found = extract_token(
+        headers
+            .get(http::header::AUTHORIZATION)
+            .map(|v| v.as_bytes()),
+        headers
+            .get_all(http::header::COOKIE)
+            .iter()
+            .map(|v| v.as_bytes()),
+        settings.cookie_suffix.as_deref(),
+    );
+    let Some((token, source)) = found else {
+        return Authn::SignedOut {
+            reason: Reason::TokenMissing,
+            source: None,
+        };
+    };
+    match verifier.verify(token).await {
+        Ok(id) => Authn::SignedIn(id),
+        Err(e) => {
+            log::debug!("token refused ({source:?}): {e}");
+            Authn::SignedOut {
+                reason: e.reason(),
+                source: Some(source),
+            }
+        }
+    }
+}
+
+/// Whether to look for a session at all: always on signed-in routes, on public routes only
+/// when the request carries a credential (saves a lookup on public assets), never on webhook
+/// routes (their signature is their only check).
+pub fn needs_authentication(route: &Route, headers: &HeaderMap) -> bool {
+    match route.access() {
+        None => false,
+        Some(crate::policy::Access::SignedIn) => true,
+        Some(crate::policy::Access::Public) => {
+            headers.contains_key(http::header::AUTHORIZATION)
+                || headers.contains_key(http::header::COOKIE)
+        }
+    }
+}
+
+/// A browser page navigation: GET/HEAD with `Sec-Fetch-Mode: navigate` or `Accept: text/html`.
+pub fn is_navigation(method: &Method, headers: &HeaderMap) -> bool {
+    if method != Method::GET && method != Method::HEAD {
+        return false;
+    }
+    headers
+        .get("sec-fetch-mode")
+        .is_some_and(|v| v.as_bytes() == b"navigate")
+        || headers
+            .get(http::header::ACCEPT)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|a| a.contains("text/html"))
+}
+
+/// The client address: the peer, or, when the peer is a trusted proxy, the right-most
+/// `X-Forwarded-For` entry that is not itself a trusted proxy.
+pub fn client_ip(peer: Option<IpAddr>, xff: Option<&str>, trusted: &[Cidr]) -> Option<IpAddr> {
+    let peer = peer?;
+    if !trusted.iter().any(|c| c.contains(peer)) {
+        return Some(peer);
+    }
+    let mut last = peer;
+    for hop in xff.unwrap_or("").rsplit(',') {
+        match hop.trim().parse::<IpAddr>() {
+            Ok(ip) if trusted.iter().any(|c| c.contains(ip)) => last = ip,
+            Ok(ip) => return Some(ip),
+            Err(_) => return Some(last),
+        }
+    }
+    Some(last)
+}
+
+/// The rate-limit counter a request counts against: the route and the verified user, or the
+/// client address when there is no user.
+pub fn rate_key(route: &Route, identity: Option<&Identity>, client: Option<IpAddr>) -> String {
+    let who = match (identity, client) {
+        (Some(id), _) => format!("u:{}", id.user_id),
+        (None, Some(ip)) => format!("ip:{ip}"),
+        (None, None) => "ip:unknown".to_string(),
+    };
+    format!("{}:{who}", route.name)
+}
+
+/// Bytes of the request head as Portier counts them for `limits.max_header_bytes`.
+pub fn header_bytes(headers: &HeaderMap, path_and_query: &str) -> usize {
+    headers
+        .iter()
+        .map(|(k, v)| k.as_str().len() + v.len() + 4)
+        .sum::<usize>()
+        + path_and_query.len()
+}
+
+/// The announced body length, when it is a number.
+pub fn content_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// Whether the request has a body that an early answer would leave unread.
+pub fn has_body(headers: &HeaderMap) -> bool {
+    headers.contains_key(http::header::TRANSFER_ENCODING)
+        || headers
+            .get(http::header::CONTENT_LENGTH)
+            .is_some_and(|v| v.as_bytes() != b"0")
+}
+
+/// The body limit of a route: its own, or the config's.
+pub fn body_limit(route: &Route, default: u64) -> u64 {
+    route.max_body_bytes.unwrap_or(default)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().expect("ip")
+    }
+
+    #[test]
+    fn forwarded_for_is_believed_only_through_trusted_proxies() {
+        let lb = [Cidr::parse("10.0.0.0/8").expect("cidr")];
+        // An untrusted peer's X-Forwarded-For is ignored: it could name anyone.
+        assert_eq!(
+            client_ip(Some(ip("203.0.113.5")), Some("198.51.100.7"), &lb),
+            Some(ip("203.0.113.5"))
+        );
+        assert_eq!(
+            client_ip(Some(ip("203.0.113.5")), Some("198.51.100.7"), &[]),
+            Some(ip("203.0.113.5"))
+        );
+        // Through the load balancer: the right-most hop that is not a trusted proxy.
+        assert_eq!(
+            client_ip(Some(ip("10.0.0.2")), Some("198.51.100.7, 10.0.0.9"), &lb),
+            Some(ip("198.51.100.7"))
+        );
+        // A client-forged left-most entry does not win over the hop the proxy appended.
+        assert_eq!(
+            client_ip(Some(ip("10.0.0.2")), Some("1.2.3.4, 198.51.100.7"), &lb),
+            Some(ip("198.51.100.7"))
+        );
+        // Garbage stops the walk at the last trusted hop.
+        assert_eq!(
+            client_ip(Some(ip("10.0.0.2")), Some("nonsense"), &lb),
+            Some(ip("10.0.0.2"))
+        );
+        assert_eq!(client_ip(None, Some("1.2.3.4"), &lb), None);
+    }
+}

@@ -1,0 +1,386 @@
+//! `request_filter`'s work: the admission steps of [`crate::admission`] in their fixed order,
+//! with the I/O they need (verifying a token, a rate-limit round trip, reading a webhook body,
+//! sniffing an upload's first bytes). Every refusal is a [`Reason`].
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use pingora::protocols::l4::socket::SocketAddr as PingoraAddr;
+use pingora::proxy::Session;
+use pingora::{Error, ErrorType, Result};
+
+use super::body::{read_bounded, sniff};
+use super::ctx::{Ctx, S3Call};
+use super::Portier;
+use crate::admission::{
+    self, authenticate, body_limit, client_ip, content_length, is_navigation, needs_authentication,
+    rate_key, s3::S3Op,
+};
+use crate::auth::verify::unix_now;
+use crate::error::Reason;
+use crate::guards::webhook::{self, WebhookHeaders};
+use crate::path::canonicalize;
+use crate::policy::{
+    evaluate, object_key, Authn, ContentType, Decision, NoTrace, ObjectRoute, RequestFacts, Route,
+    RouteKind, MAX_WEBHOOK_BODY,
+};
+use crate::state::Live;
+
+/// What `request_filter` decided for an admitted request.
+pub(super) enum Admitted {
+    /// Forward to the upstream (or the S3 store).
+    Proxy,
+    /// Answer here with this JSON (presigned URLs).
+    Respond(String),
+}
+
+/// A refusal decided in `request_filter`, with the headers that go with it.
+pub(super) struct Refusal {
+    pub reason: Reason,
+    pub headers: Vec<(&'static str, String)>,
+}
+
+impl From<Reason> for Refusal {
+    fn from(reason: Reason) -> Self {
+        Refusal {
+            reason,
+            headers: Vec::new(),
+        }
+    }
+}
+
+type Admission = std::result::Result<Admitted, Refusal>;
+
+/// Largest presign request body: a key and a few fields.
+const MAX_PRESIGN_BODY: u64 = 8 * 1024;
+
+impl Portier {
+    /// Everything `request_filter` decides; `Ok(Err(_))` is a refusal to send.
+    pub(super) async fn admit(&self, session: &mut Session, ctx: &mut Ctx) -> Result<Admission> {
+        let gw = &self.0;
+        let live = gw.live();
+        ctx.live = Some(live.clone());
+        let req = session.req_header();
+        let cfg = &live.config;
+        let target = req.uri.path_and_query().map_or("", |pq| pq.as_str());
+        if admission::header_bytes(&req.headers, target) > cfg.limits.max_header_bytes {
+            return Ok(Err(Reason::HeadersTooLarge.into()));
+        }
+        let canonical = match canonicalize(req.uri.path()) {
+            Ok(p) => p,
+            Err(e) => {
+                log::info!("bad path refused: {e}");
+                return Ok(Err(Reason::BadPath.into()));
+            }
+        };
+        ctx.path = Some(canonical.clone());
+        let policies = &live.policies;
+        let method = req.method.as_str();
+        let m = match policies.lookup(method, &canonical) {
+            Ok(m) => m,
+            Err(reason) => {
+                let mut refusal = Refusal::from(reason);
+                if reason == Reason::MethodNotAllowed {
+                    refusal
+                        .headers
+                        .push(("allow", policies.allowed_methods(&canonical).join(", ")));
+                }
+                return Ok(Err(refusal));
+            }
+        };
+        ctx.route = Some(m.index);
+        let route = m.route;
+        let limit = body_limit(route, cfg.limits.max_body_bytes);
+        ctx.body_limit = Some(limit);
+        // Object routes size uploads per kind folder, once the key is known.
+        if !matches!(route.kind, RouteKind::S3Object(_))
+            && content_length(&req.headers).is_some_and(|n| n > limit)
+        {
+            return Ok(Err(Reason::BodyTooLarge.into()));
+        }
+        let authn = if needs_authentication(route, &req.headers) {
+            authenticate(&live.verifier, &req.headers).await
+        } else {
+            Authn::SignedOut {
+                reason: Reason::TokenMissing,
+                source: None,
+            }
+        };
+        let facts = RequestFacts {
+            method,
+            navigation: is_navigation(&req.method, &req.headers),
+        };
+        match evaluate(&m, &canonical, &facts, &authn, &mut NoTrace) {
+            Decision::Deny(reason) => {
+                if let Authn::SignedIn(id) = authn {
+                    ctx.identity = Some(id);
+                }
+                return Ok(Err(reason.into()));
+            }
+            Decision::Allow {
+                identity,
+                signed_out_page,
+                shadow,
+            } => {
+                ctx.identity = identity;
+                ctx.signed_out_page = signed_out_page;
+                ctx.shadow = shadow;
+            }
+        }
+        if let Some(refusal) = self.rate_limit(session, ctx, &live, route).await {
+            return Ok(Err(refusal));
+        }
+        match &route.kind {
+            RouteKind::Proxy { .. } => self.forward(session, ctx, &canonical, route),
+            RouteKind::Webhook { webhook } => {
+                if let Err(reason) = self
+                    .verify_webhook(session, ctx, &live, webhook, limit)
+                    .await?
+                {
+                    return Ok(Err(reason.into()));
+                }
+                self.forward(session, ctx, &canonical, route)
+            }
+            RouteKind::S3Object(obj) => {
+                let key = object_key(route, &canonical, &m.params);
+                self.admit_object(session, ctx, &live, obj, key, limit)
+                    .await
+            }
+            RouteKind::S3Presign { .. } => self.presign(session, &live, route, &authn).await,
+        }
+    }
+
+    /// Counts the request against the route's limit; `Some` is a refusal.
+    async fn rate_limit(
+        &self,
+        session: &Session,
+        ctx: &mut Ctx,
+        live: &Live,
+        route: &Route,
+    ) -> Option<Refusal> {
+        let spec = route.rate_limit.as_ref()?;
+        let gw = &self.0;
+        let req = session.req_header();
+        let peer = session
+            .client_addr()
+            .and_then(PingoraAddr::as_inet)
+            .map(|a| a.ip());
+        let xff = req
+            .headers
+            .get("x-forwarded-for")
+            .and_then(|v| v.to_str().ok());
+        let client = client_ip(peer, xff, &live.config.trusted_proxies);
+        let key = rate_key(route, ctx.identity.as_deref(), client);
+        match gw.rate_store.hit(&key, spec, SystemTime::now()).await {
+            Ok(outcome) => {
+                let headers = outcome.headers(spec);
+                if !outcome.allowed {
+                    return Some(Refusal {
+                        reason: Reason::RateLimited,
+                        headers,
+                    });
+                }
+                ctx.rate_headers = headers;
+                None
+            }
+            Err(e) => {
+                let open = gw.rate_failure.allows();
+                let outcome = if open { "fail_open" } else { "fail_closed" };
+                gw.metrics
+                    .rate_limit_store_errors
+                    .with_label_values(&[outcome])
+                    .inc();
+                log::warn!("rate-limit store unavailable ({outcome}): {e}");
+                (!open).then(|| Reason::RateLimitUnavailable.into())
+            }
+        }
+    }
+
+    /// Proxy and webhook routes: the canonical path goes to the route's upstream.
+    fn forward(
+        &self,
+        session: &Session,
+        ctx: &mut Ctx,
+        canonical: &str,
+        route: &Route,
+    ) -> Result<Admission> {
+        let req = session.req_header();
+        let forward = match req.uri.query() {
+            Some(q) => format!("{canonical}?{q}"),
+            None => canonical.to_string(),
+        };
+        ctx.forward = Some(forward.parse::<http::Uri>().map_err(|e| {
+            Error::because(ErrorType::InternalError, "canonical path is not a URI", e)
+        })?);
+        match self.0.upstream(&route.upstream) {
+            Some(up) => ctx.upstream = Some(up.clone()),
+            None => {
+                // Policies are compiled against the running upstreams; this is a bug.
+                log::error!(
+                    "route {} names upstream {:?}, which is not running",
+                    route.name,
+                    route.upstream
+                );
+                return Ok(Err(Reason::Internal.into()));
+            }
+        }
+        Ok(Ok(Admitted::Proxy))
+    }
+
+    /// Object routes: the store operation, its size and type checks, and the store URI.
+    async fn admit_object(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        live: &Arc<Live>,
+        obj: &ObjectRoute,
+        key: Option<std::result::Result<String, crate::s3::KeyError>>,
+        default_limit: u64,
+    ) -> Result<Admission> {
+        let Some(backend) = live.s3.clone() else {
+            log::error!("an s3 route is configured but [s3] is not");
+            return Ok(Err(Reason::Internal.into()));
+        };
+        let req = session.req_header();
+        let op = match admission::s3::operation(
+            obj,
+            key,
+            req.method.as_str(),
+            req.uri.query(),
+            &req.headers,
+            ctx.identity.as_deref(),
+            default_limit,
+        ) {
+            Ok(op) => op,
+            Err(reason) => return Ok(Err(reason.into())),
+        };
+        if let S3Op::Put {
+            limit,
+            sniff: types,
+            ..
+        } = &op
+        {
+            ctx.body_limit = Some(*limit);
+            if !types.is_empty() {
+                let head = sniff(session, ContentType::SNIFF_LEN).await?;
+                if ContentType::detect(types, &head).is_none() {
+                    return Ok(Err(Reason::UnsupportedMediaType.into()));
+                }
+            }
+        }
+        let target = &backend.config.target;
+        let uri = match &op {
+            S3Op::List { query } => target.bucket_uri(query),
+            other => target.object_uri(other.key().unwrap_or_default()),
+        };
+        let uri = uri.map_err(|e| {
+            log::error!("cannot build the S3 URI: {e}");
+            Error::explain(ErrorType::InternalError, "S3 URI")
+        })?;
+        ctx.s3 = Some(S3Call {
+            method: op.method(),
+            operation: op.name(),
+            uri,
+        });
+        Ok(Ok(Admitted::Proxy))
+    }
+
+    /// `POST .../presigned-url`: decided by [`admission::s3::presign`], then signed here.
+    async fn presign(
+        &self,
+        session: &mut Session,
+        live: &Arc<Live>,
+        route: &Route,
+        authn: &Authn,
+    ) -> Result<Admission> {
+        let Some(backend) = live.s3.clone() else {
+            log::error!("an s3 route is configured but [s3] is not");
+            return Ok(Err(Reason::Internal.into()));
+        };
+        let body = match read_bounded(session, MAX_PRESIGN_BODY, false).await? {
+            Ok(b) => b,
+            Err(_) => return Ok(Err(Reason::BodyTooLarge.into())),
+        };
+        let grant = match admission::s3::presign(&live.policies, route, &body, authn) {
+            Ok(g) => g,
+            Err(reason) => return Ok(Err(reason.into())),
+        };
+        let cfg = &backend.config;
+        let expires = grant
+            .expires_in
+            .map(Duration::from_secs)
+            .unwrap_or(cfg.presign_default)
+            .min(cfg.presign_max);
+        let method = grant.method.as_str();
+        let url = match crate::s3::presign(
+            &backend.credentials,
+            &cfg.target,
+            method,
+            &grant.key,
+            expires,
+            SystemTime::now(),
+        ) {
+            Ok(u) => u,
+            Err(e) => {
+                log::error!("presigning failed: {e}");
+                return Ok(Err(Reason::Internal.into()));
+            }
+        };
+        let body = serde_json::json!({
+            "url": url,
+            "method": method,
+            "key": grant.key,
+            "expires_in": expires.as_secs(),
+        });
+        Ok(Ok(Admitted::Respond(body.to_string())))
+    }
+
+    /// Reads the (bounded) body, checks its Standard Webhooks signature and that its id is new.
+    /// The body is kept in Pingora's retry buffer, from which it is sent upstream unchanged.
+    async fn verify_webhook(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        live: &Live,
+        name: &str,
+        limit: u64,
+    ) -> Result<std::result::Result<(), Reason>> {
+        let Some(hook) = live.webhooks.get(name) else {
+            log::error!("webhook {name:?} has no secrets loaded");
+            return Ok(Err(Reason::Internal));
+        };
+        let req = session.req_header();
+        let headers =
+            WebhookHeaders::from_lookup(|n| req.headers.get(n).and_then(|v| v.to_str().ok()));
+        let body = match read_bounded(session, limit.min(MAX_WEBHOOK_BODY), true).await? {
+            Ok(b) => b,
+            Err(_) => return Ok(Err(Reason::BodyTooLarge)),
+        };
+        let headers = match headers {
+            Ok(h) => h,
+            Err(e) => return Ok(Err(e.reason())),
+        };
+        if let Err(e) = webhook::verify(&hook.secrets, &headers, &body, unix_now(), hook.tolerance)
+        {
+            log::info!("webhook {name} refused: {e}");
+            return Ok(Err(e.reason()));
+        }
+        let id = format!("{name}:{}", headers.id);
+        match self
+            .0
+            .replay
+            .first_seen(&id, webhook::replay_window(hook.tolerance))
+            .await
+        {
+            Ok(true) => {
+                ctx.webhook_id = Some(id);
+                Ok(Ok(()))
+            }
+            Ok(false) => Ok(Err(Reason::WebhookReplayed)),
+            Err(e) => {
+                log::warn!("webhook replay store unavailable: {e}");
+                Ok(Err(Reason::ReplayCheckUnavailable))
+            }
+        }
+    }
+}

@@ -1,0 +1,50 @@
+//! Reading request bodies before anything is forwarded, always bounded. Bytes read here stay
+//! in Pingora's retry buffer and are sent upstream first, unchanged.
+
+use pingora::proxy::Session;
+use pingora::{Error, ErrorType, Result};
+
+/// The body was longer than the caller allows.
+pub(super) struct TooLarge;
+
+/// Reads the whole body, at most `limit` bytes. With `replay`, the bytes are kept so the
+/// upstream receives them (Pingora's retry buffer holds 64 KiB); without, they are consumed.
+pub(super) async fn read_bounded(
+    session: &mut Session,
+    limit: u64,
+    replay: bool,
+) -> Result<std::result::Result<Vec<u8>, TooLarge>> {
+    if replay {
+        session.as_mut().enable_retry_buffering();
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = session.read_request_body().await? {
+        if (body.len() + chunk.len()) as u64 > limit {
+            return Ok(Err(TooLarge));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    if replay && session.as_ref().retry_buffer_truncated() {
+        return Ok(Err(TooLarge));
+    }
+    Ok(Ok(body))
+}
+
+/// Reads body bytes until `n` are in hand (or the body ends) without consuming them.
+pub(super) async fn sniff(session: &mut Session, n: usize) -> Result<Vec<u8>> {
+    session.as_mut().enable_retry_buffering();
+    let mut head = Vec::new();
+    while head.len() < n {
+        match session.read_request_body().await? {
+            Some(chunk) => head.extend_from_slice(&chunk),
+            None => break,
+        }
+    }
+    if session.as_ref().retry_buffer_truncated() {
+        return Err(Error::explain(
+            ErrorType::InternalError,
+            "sniffed body exceeds the retry buffer",
+        ));
+    }
+    Ok(head)
+}

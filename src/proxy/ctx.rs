@@ -1,0 +1,52 @@
+//! The per-request context: what earlier phases decided, for the later ones.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::auth::Identity;
+use crate::error::Reason;
+use crate::state::{Live, Upstream};
+
+/// An admitted S3 operation: the method and the absolute store URI it is signed for.
+pub struct S3Call {
+    pub method: &'static str,
+    pub operation: &'static str,
+    pub uri: http::Uri,
+}
+
+/// Per-request state, carried from phase to phase.
+#[derive(Default)]
+pub struct Ctx {
+    pub(super) started: Option<Instant>,
+    /// The canonical path plus the original query: what is forwarded.
+    pub(super) forward: Option<http::Uri>,
+    /// The state the request is decided by, from start to end even across a reload.
+    pub(super) live: Option<Arc<Live>>,
+    pub(super) route: Option<usize>,
+    pub(super) shadow: Option<Reason>,
+    pub(super) upstream: Option<Arc<Upstream>>,
+    pub(super) identity: Option<Arc<Identity>>,
+    /// Why Portier refused or failed the request, when it did.
+    pub(super) reason: Option<Reason>,
+    pub(super) signed_out_page: bool,
+    pub(super) body_limit: Option<u64>,
+    pub(super) body_seen: u64,
+    pub(super) rate_headers: Vec<(&'static str, String)>,
+    /// The accepted webhook id, forgotten again if the upstream never took the delivery.
+    pub(super) webhook_id: Option<String>,
+    pub(super) s3: Option<S3Call>,
+    /// The canonical path, once known: what the decision log records.
+    pub(super) path: Option<String>,
+    /// A store error being replaced by a JSON answer: the reason, the store's status, and the
+    /// store's error document collected for the log.
+    pub(super) s3_error: Option<(Reason, u16, Vec<u8>)>,
+}
+
+impl Ctx {
+    pub(super) fn route_def(&self) -> Option<&crate::policy::Route> {
+        self.live
+            .as_ref()
+            .zip(self.route)
+            .and_then(|(l, i)| l.policies.routes.get(i))
+    }
+}

@@ -1,0 +1,336 @@
+//! The one `ProxyHttp` implementation: thin glue whose phases call into the modules that own
+//! the decisions.
+//!
+//! - `request_filter`: admission ([`admit`], over [`crate::admission`] and
+//!   [`crate::policy`]); refusals and Portier's own answers are written here.
+//! - `upstream_peer`: a healthy peer of the route's upstream, or the S3 endpoint.
+//! - `upstream_request_filter`: the canonical path, the upstream headers
+//!   ([`crate::admission::upstream`]), or the SigV4-signed store request.
+//! - `request_body_filter`: the body limit, counted while streaming.
+//! - `response_filter` / `response_body_filter`: store errors become JSON, rate-limit headers.
+//! - `fail_to_proxy`: upstream failures become JSON errors.
+//! - `logging`: metrics and the decision log.
+//!
+//! The per-request [`Ctx`] carries what earlier phases decided.
+
+mod admit;
+mod body;
+mod ctx;
+mod respond;
+mod s3;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use pingora::http::ResponseHeader;
+use pingora::prelude::{HttpPeer, RequestHeader};
+use pingora::protocols::l4::socket::SocketAddr as PingoraAddr;
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::{Error, ErrorSource, ErrorType, Result};
+
+pub use ctx::Ctx;
+
+use crate::admission::upstream::prepare_upstream_headers;
+use crate::config::Credentials;
+use crate::decision_log::{rfc3339_now, DecisionRecord};
+use crate::error::Reason;
+use crate::state::Gateway;
+use admit::Admitted;
+use respond::{send_error, send_json};
+
+/// The `ProxyHttp` implementation: a thin handle on the shared [`Gateway`].
+pub struct Portier(pub Arc<Gateway>);
+
+fn no_s3() -> Box<Error> {
+    Error::explain(ErrorType::InternalError, "no S3 backend")
+}
+
+#[async_trait]
+impl ProxyHttp for Portier {
+    type CTX = Ctx;
+
+    fn new_ctx(&self) -> Ctx {
+        Ctx {
+            started: Some(Instant::now()),
+            ..Ctx::default()
+        }
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        match self.admit(session, ctx).await? {
+            Ok(Admitted::Proxy) => Ok(false),
+            Ok(Admitted::Respond(body)) => {
+                send_json(session, 200, Bytes::from(body), &[]).await?;
+                Ok(true)
+            }
+            Err(refusal) => {
+                ctx.reason = Some(refusal.reason);
+                send_error(session, refusal.reason, &refusal.headers).await?;
+                Ok(true)
+            }
+        }
+    }
+
+    /// Replaces a store error document with Portier's JSON answer, logging the store's code.
+    fn response_body_filter(
+        &self,
+        session: &mut Session,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut Ctx,
+    ) -> Result<Option<Duration>> {
+        if let Some(error) = &mut ctx.s3_error {
+            let head_only = session.req_header().method == http::Method::HEAD;
+            s3::error_body(body, end_of_stream, head_only, error);
+        }
+        Ok(None)
+    }
+
+    /// Counts streamed body bytes: a body longer than the route allows (or than it announced)
+    /// is cut off, and the upstream request is aborted so nothing partial is accepted.
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        if let Some(b) = body {
+            ctx.body_seen += b.len() as u64;
+            if ctx.body_limit.is_some_and(|limit| ctx.body_seen > limit) {
+                ctx.reason = Some(Reason::BodyTooLarge);
+                return Err(Error::explain(
+                    ErrorType::HTTPStatus(413),
+                    "request body over the route limit",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    async fn response_filter(
+        &self,
+        session: &mut Session,
+        resp: &mut ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        if ctx.s3.is_some() {
+            if let Some(reason) = s3::map_response(resp, ctx)? {
+                if reason.status() >= 500 {
+                    self.0
+                        .metrics
+                        .upstream_errors
+                        .with_label_values(&[crate::S3_UPSTREAM, reason.code()])
+                        .inc();
+                }
+                if session.req_header().method == http::Method::HEAD {
+                    log::warn!("S3 answered an error to a HEAD: {}", reason.code());
+                }
+            }
+        }
+        for (k, v) in ctx.rate_headers.drain(..) {
+            resp.insert_header(k, v)?;
+        }
+        Ok(())
+    }
+
+    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+        if ctx.s3.is_some() {
+            let live = ctx.live.as_ref().ok_or_else(no_s3)?;
+            let b = live.s3.as_ref().ok_or_else(no_s3)?;
+            let addr = b.peer_addr().await.ok_or_else(|| {
+                let mut e =
+                    Error::explain(ErrorType::ConnectNoRoute, "S3 endpoint does not resolve");
+                e.esource = ErrorSource::Upstream;
+                e
+            })?;
+            let mut peer = HttpPeer::new(addr, b.tls, b.sni().to_string());
+            peer.options.connection_timeout = Some(b.config.connect_timeout);
+            peer.options.read_timeout = Some(b.config.read_timeout);
+            peer.options.write_timeout = Some(b.config.read_timeout);
+            return Ok(Box::new(peer));
+        }
+        let up = ctx
+            .upstream
+            .as_ref()
+            .ok_or_else(|| Error::explain(ErrorType::InternalError, "no upstream chosen"))?;
+        let backend = up.lb.select(b"", 256).ok_or_else(|| {
+            let mut e = Error::explain(ErrorType::ConnectNoRoute, "no healthy peer");
+            e.esource = ErrorSource::Upstream;
+            e
+        })?;
+        let mut peer = HttpPeer::new(backend.addr, up.config.tls, up.config.sni.clone());
+        peer.options.connection_timeout = Some(up.config.connect_timeout);
+        let route_timeout = ctx.route_def().and_then(|r| r.timeout);
+        peer.options.read_timeout = Some(route_timeout.unwrap_or(up.config.read_timeout));
+        peer.options.write_timeout = route_timeout.or(Some(up.config.read_timeout));
+        Ok(Box::new(peer))
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        upstream_request: &mut RequestHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        if let Some(call) = &ctx.s3 {
+            let live = ctx.live.as_ref().ok_or_else(no_s3)?;
+            let backend = live.s3.as_ref().ok_or_else(no_s3)?;
+            return s3::sign(backend, upstream_request, call);
+        }
+        if let Some(uri) = ctx.forward.take() {
+            upstream_request.set_uri(uri);
+        }
+        let credentials = ctx
+            .upstream
+            .as_ref()
+            .map_or(Credentials::Strip, |u| u.config.credentials);
+        let guard = match &ctx.live {
+            Some(live) => live.guard.clone(),
+            None => self.0.live().guard.clone(),
+        };
+        prepare_upstream_headers(
+            upstream_request,
+            &guard,
+            credentials,
+            ctx.identity.as_deref(),
+        )?;
+        if let Some(addr) = session.client_addr().and_then(PingoraAddr::as_inet) {
+            let ip = addr.ip().to_string();
+            let xff = match upstream_request
+                .headers
+                .get("x-forwarded-for")
+                .and_then(|v| v.to_str().ok())
+            {
+                Some(prev) => format!("{prev}, {ip}"),
+                None => ip,
+            };
+            upstream_request.insert_header("x-forwarded-for", xff)?;
+        }
+        Ok(())
+    }
+
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
+        if let Some(id) = ctx.webhook_id.take() {
+            if let Err(err) = self.0.replay.forget(&id).await {
+                log::warn!("could not forget webhook id after a failed delivery: {err}");
+            }
+        }
+        let reason = match e.etype() {
+            ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout => {
+                Some(Reason::UpstreamTimeout)
+            }
+            ErrorType::HTTPStatus(413) => Some(Reason::BodyTooLarge),
+            ErrorType::HTTPStatus(_) => None,
+            _ => match e.esource() {
+                ErrorSource::Upstream => Some(Reason::UpstreamUnavailable),
+                ErrorSource::Downstream => None,
+                ErrorSource::Internal | ErrorSource::Unset => Some(Reason::Internal),
+            },
+        };
+        let code = match (reason, e.etype()) {
+            (Some(r), _) => {
+                log::warn!("request failed: {e}");
+                if let Some(up) = &ctx.upstream {
+                    let kind = if r == Reason::UpstreamTimeout {
+                        "timeout"
+                    } else {
+                        "unavailable"
+                    };
+                    self.0
+                        .metrics
+                        .upstream_errors
+                        .with_label_values(&[up.config.name.as_str(), kind])
+                        .inc();
+                }
+                ctx.reason = Some(r);
+                if let Err(err) = send_error(session, r, &[]).await {
+                    log::debug!("could not send error response: {err}");
+                }
+                r.status()
+            }
+            (None, ErrorType::HTTPStatus(code)) => {
+                let _ = session.respond_error(*code).await;
+                *code
+            }
+            (None, _) => 0,
+        };
+        FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
+    }
+
+    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Ctx) {
+        let gw = &self.0;
+        let status = session.response_written().map_or(0, |r| r.status.as_u16());
+        let route = ctx.route_def().map(|r| r.name.as_str());
+        let route_label = route.unwrap_or("-");
+        let denied = ctx.reason.is_some_and(|r| r.status() < 500);
+        let decision = match (denied, ctx.reason, ctx.shadow) {
+            (true, _, _) => "deny",
+            (false, Some(_), _) => "error",
+            (false, None, Some(_)) => "shadow_deny",
+            (false, None, None) => "allow",
+        };
+        // A store answer replaced by Portier (404 not_found, 502 upstream_auth_failed...) is
+        // reported with its reason, but it was not a policy decision.
+        let outcome = ctx.reason.or(ctx.s3_error.as_ref().map(|e| e.0));
+        let reason = outcome.map_or("-", Reason::code);
+        gw.metrics
+            .requests
+            .with_label_values(&[route_label, decision, reason])
+            .inc();
+        let elapsed = ctx.started.map(|s| s.elapsed()).unwrap_or_default();
+        gw.metrics
+            .latency
+            .with_label_values(&[route_label])
+            .observe(elapsed.as_secs_f64());
+        if let Some(sr) = ctx.shadow {
+            gw.metrics
+                .shadow_denials
+                .with_label_values(&[route_label, sr.code()])
+                .inc();
+            log::info!(
+                "shadow rule on route {route_label} would refuse: {}",
+                sr.code()
+            );
+        }
+        let upstream = ctx
+            .upstream
+            .as_ref()
+            .map(|u| u.config.name.as_str())
+            .or(ctx.s3.as_ref().map(|_| crate::S3_UPSTREAM));
+        if let Some(name) = upstream {
+            gw.metrics
+                .upstream_bytes
+                .with_label_values(&[name, "sent"])
+                .inc_by(session.upstream_body_bytes_sent().unwrap_or(0) as u64);
+            gw.metrics
+                .upstream_bytes
+                .with_label_values(&[name, "received"])
+                .inc_by(session.upstream_body_bytes_received() as u64);
+        }
+        if !gw.decision_log.wants(denied || ctx.shadow.is_some()) {
+            return;
+        }
+        let req = session.req_header();
+        gw.decision_log.write(&DecisionRecord {
+            ts: rfc3339_now(),
+            method: req.method.as_str(),
+            path: ctx.path.as_deref(),
+            route,
+            decision,
+            reason: outcome.map(Reason::code),
+            shadow_reason: ctx.shadow.map(Reason::code),
+            user_id: ctx.identity.as_ref().map(|i| i.user_id.as_str()),
+            status,
+            upstream,
+            operation: ctx.s3.as_ref().map(|c| c.operation),
+            latency_us: elapsed.as_micros() as u64,
+            policy_generation: ctx.live.as_ref().map_or(0, |l| l.generation),
+        });
+    }
+}

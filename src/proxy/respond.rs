@@ -1,0 +1,58 @@
+//! Answers Portier writes itself: JSON refusals with their reason code, and JSON results
+//! (presigned URLs). One writer, so every answer carries the same headers.
+
+use bytes::Bytes;
+use pingora::http::ResponseHeader;
+use pingora::proxy::Session;
+use pingora::Result;
+
+use crate::admission::has_body;
+use crate::error::Reason;
+
+/// Sends a JSON body with `status` and any extra headers. The answer is never cached, and a
+/// request body left unread closes the connection (it would be parsed as the next request).
+pub(super) async fn send_json(
+    session: &mut Session,
+    status: u16,
+    body: Bytes,
+    extra: &[(&'static str, String)],
+) -> Result<()> {
+    let mut resp = ResponseHeader::build(status, Some(4 + extra.len()))?;
+    resp.insert_header("content-type", "application/json")?;
+    resp.insert_header("content-length", body.len().to_string())?;
+    resp.insert_header("cache-control", "no-store")?;
+    for (k, v) in extra {
+        resp.insert_header(*k, v.as_str())?;
+    }
+    if has_body(&session.req_header().headers) && !session.is_body_done() {
+        session.set_keepalive(None);
+    }
+    let head_only = session.req_header().method == http::Method::HEAD;
+    session
+        .write_response_header(Box::new(resp), head_only)
+        .await?;
+    if !head_only {
+        session.write_response_body(Some(body), true).await?;
+    }
+    Ok(())
+}
+
+/// Sends a JSON refusal with any extra headers (`Allow`, `Retry-After`, `RateLimit`...).
+pub(super) async fn send_error(
+    session: &mut Session,
+    reason: Reason,
+    extra: &[(&'static str, String)],
+) -> Result<()> {
+    let mut headers = Vec::with_capacity(extra.len() + 1);
+    if reason.is_unauthenticated() {
+        headers.push(("www-authenticate", reason.www_authenticate()));
+    }
+    headers.extend(extra.iter().cloned());
+    send_json(
+        session,
+        reason.status(),
+        Bytes::from(reason.body()),
+        &headers,
+    )
+    .await
+}

@@ -1,0 +1,148 @@
+//! The running state: what every request reads, and how it is built from a checked
+//! [`Config`]. [`Live`] is what a reload replaces, built in one place ([`Live::build`]) at
+//! start and on every reload; [`Gateway`] holds it (one atomic swap) next to what lives as
+//! long as the process (upstream pools, metrics, the decision log, the shared stores).
+
+mod build;
+mod redis;
+mod upstream;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+
+pub use build::{build_verifier, build_webhooks, RestartRequired, StartError, Webhook};
+pub use upstream::Upstream;
+
+use crate::auth::Verifier;
+use crate::config::Config;
+use crate::decision_log::DecisionLog;
+use crate::guards::ratelimit::{RateStore, RedisFailure};
+use crate::guards::webhook::ReplayStore;
+use crate::headers::HeaderGuard;
+use crate::metrics::Metrics;
+use crate::policy::PolicySet;
+use crate::s3::front::S3Backend;
+
+/// Where the running state's inputs come from, so a reload reads them again.
+#[derive(Debug, Clone)]
+pub struct Sources {
+    pub config: ConfigInput,
+    pub policies: PolicyInput,
+}
+
+#[derive(Debug, Clone)]
+pub enum ConfigInput {
+    /// `config.toml` on disk, read again on reload.
+    File(PathBuf),
+    /// A config built in code (`portier dev`): reloads keep it.
+    Fixed,
+}
+
+#[derive(Debug, Clone)]
+pub enum PolicyInput {
+    /// The directory the config names (`policies.dir`).
+    ConfigDir,
+    /// A directory given on the command line (`portier dev --policies`).
+    Dir(PathBuf),
+    /// Policies compiled into the binary, or built in memory; never reloaded.
+    Embedded(Vec<(PathBuf, String)>),
+}
+
+impl Sources {
+    /// The policies directory a reload reads for `cfg`, if any.
+    pub fn policies_dir(&self, cfg: &Config) -> Option<PathBuf> {
+        match &self.policies {
+            PolicyInput::ConfigDir => Some(cfg.policies_dir.clone()),
+            PolicyInput::Dir(d) => Some(d.clone()),
+            PolicyInput::Embedded(_) => None,
+        }
+    }
+
+    /// Whether anything can change on disk.
+    pub fn reloadable(&self) -> bool {
+        matches!(self.config, ConfigInput::File(_))
+            || !matches!(self.policies, PolicyInput::Embedded(_))
+    }
+}
+
+/// What a reload can replace: config-derived state swapped in whole, atomically.
+pub struct Live {
+    pub generation: u64,
+    pub config: Arc<Config>,
+    pub policies: Arc<PolicySet>,
+    pub verifier: Arc<Verifier>,
+    pub guard: Arc<HeaderGuard>,
+    pub webhooks: Arc<HashMap<String, Arc<Webhook>>>,
+    /// The bucket of `[s3]`, when configured.
+    pub s3: Option<Arc<S3Backend>>,
+}
+
+/// Shared, long-lived state of the proxy.
+pub struct Gateway {
+    live: ArcSwap<Live>,
+    pub(crate) upstreams: HashMap<String, Arc<Upstream>>,
+    pub metrics: Metrics,
+    pub(crate) decision_log: DecisionLog,
+    pub(crate) sources: Sources,
+    pub(crate) reload_lock: tokio::sync::Mutex<()>,
+    pub(crate) rate_store: Arc<dyn RateStore>,
+    pub(crate) rate_failure: RedisFailure,
+    pub(crate) replay: Arc<dyn ReplayStore>,
+}
+
+impl Gateway {
+    /// The state new requests are decided by.
+    pub fn live(&self) -> Arc<Live> {
+        self.live.load_full()
+    }
+
+    /// The policy set new requests are decided by.
+    pub fn policies(&self) -> Arc<PolicySet> {
+        self.live().policies.clone()
+    }
+
+    pub fn verifier(&self) -> Arc<Verifier> {
+        self.live().verifier.clone()
+    }
+
+    pub fn upstream(&self, name: &str) -> Option<&Arc<Upstream>> {
+        self.upstreams.get(name)
+    }
+
+    /// Atomically installs new state; requests in flight keep the state they started with.
+    pub(crate) fn install(&self, live: Live) {
+        self.metrics.policy_generation.set(live.generation as i64);
+        self.live.store(Arc::new(live));
+    }
+
+    /// Replaces just the policy set (tests, embedded policies).
+    pub fn swap_policies(&self, set: PolicySet) {
+        let cur = self.live();
+        self.install(Live {
+            generation: cur.generation + 1,
+            config: cur.config.clone(),
+            policies: Arc::new(set),
+            verifier: cur.verifier.clone(),
+            guard: cur.guard.clone(),
+            webhooks: cur.webhooks.clone(),
+            s3: cur.s3.clone(),
+        });
+    }
+
+    /// True when the gateway can decide requests: keys loaded and a policy set active.
+    pub fn ready(&self) -> bool {
+        self.live().verifier.jwks.has_keys()
+    }
+
+    /// Writes out buffered decision-log lines (done every second and at shutdown).
+    pub fn flush_logs(&self) {
+        self.decision_log.flush();
+    }
+
+    pub fn render_metrics(&self) -> String {
+        self.metrics.render(&self.verifier())
+    }
+}
