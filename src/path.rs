@@ -38,7 +38,8 @@ pub enum PathError {
 /// Longest path accepted; real routes are far shorter and the limit bounds router work.
 pub const MAX_PATH_LEN: usize = 8192;
 
-fn hex(b: u8) -> Option<u8> {
+/// The value of one hex digit (either case).
+pub fn hex(b: u8) -> Option<u8> {
     match b {
         b'0'..=b'9' => Some(b - b'0'),
         b'a'..=b'f' => Some(b - b'a' + 10),

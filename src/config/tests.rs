@@ -92,3 +92,142 @@ fn unknown_keys_are_errors() {
         "{errs}"
     );
 }
+
+fn errors_of(extra: &str) -> String {
+    let text = format!("{GOOD}\n{extra}");
+    match Config::parse(Path::new("c.toml"), &text) {
+        Ok(_) => String::new(),
+        Err(d) => d.to_string(),
+    }
+}
+
+#[test]
+fn server_section_refusals() {
+    let bad = GOOD.replace(
+        "listen = [\"127.0.0.1:8080\"]",
+        "listen = [\"nope\"]\nthreads = 0\ntrusted_proxies = [\"10.0.0.0/33\"]",
+    );
+    let text = Config::parse(Path::new("c.toml"), &bad)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        text.contains("server.listen: \"nope\" is not an address:port"),
+        "{text}"
+    );
+    assert!(
+        text.contains("server.threads: must be at least 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("trusted_proxies: \"10.0.0.0/33\" is not an address or CIDR range"),
+        "{text}"
+    );
+}
+
+#[test]
+fn identity_headers_may_not_collide_after_folding() {
+    let text = errors_of("[identity_headers]\nuser_id = \"x-user\"\nsession_id = \"X_User\"\n");
+    assert!(
+        text.contains("is used twice (after folding case, '_' and '.')"),
+        "{text}"
+    );
+}
+
+#[test]
+fn upstream_refusals() {
+    let text = errors_of(
+        "[upstreams.s3]\npeers = [\"127.0.0.1:1\"]\n[upstreams.api]\npeers = []\ntls = true\n[upstreams.api.health_check]\nkind = \"http\"\npath = \"health\"\ninterval_seconds = 0\n",
+    );
+    assert!(text.contains("upstreams.s3: \"s3\" is reserved"), "{text}");
+    assert!(
+        text.contains("upstreams.api.peers: list at least one peer"),
+        "{text}"
+    );
+    assert!(
+        text.contains("upstreams.api.sni: a TLS upstream needs sni"),
+        "{text}"
+    );
+    assert!(
+        text.contains("upstreams.api.health_check.path: must start with '/'"),
+        "{text}"
+    );
+    assert!(
+        text.contains("upstreams.api.health_check.interval_seconds: must be positive"),
+        "{text}"
+    );
+}
+
+#[test]
+fn rate_limit_webhook_and_log_refusals() {
+    let text = errors_of(
+        "[rate_limit]\nstore = \"redis\"\nredis_url = \"redis://user:pw@127.0.0.1/\"\n[webhooks.w]\nsecrets_env = []\ntolerance_seconds = 0\n[decision_log]\nsample_rate = 2.0\n[limits]\nmax_header_bytes = 10\n",
+    );
+    assert!(
+        text.contains("rate_limit.redis_url: credentials do not belong in config"),
+        "{text}"
+    );
+    assert!(
+        text.contains("webhooks.w.secrets_env: name at least one env var"),
+        "{text}"
+    );
+    assert!(
+        text.contains("webhooks.w.tolerance_seconds: must be between 1 and 3600"),
+        "{text}"
+    );
+    assert!(
+        text.contains("decision_log.sample_rate: must be between 0 and 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("limits.max_header_bytes: must be at least 1024"),
+        "{text}"
+    );
+    let text = errors_of("[rate_limit]\nstore = \"redis\"\n");
+    assert!(
+        text.contains("needs exactly one of redis_url_env, redis_url"),
+        "{text}"
+    );
+}
+
+#[test]
+fn s3_refusals_and_defaults() {
+    let text = errors_of(
+        "[s3]\nendpoint = \"ftp://x\"\nregion = \"us-east-1\"\nbucket = \"b\"\npresign_default_seconds = 7200\npresign_max_seconds = 3600\n",
+    );
+    assert!(
+        text.contains("s3.presign_max_seconds: 0 < presign_default_seconds"),
+        "{text}"
+    );
+    assert!(text.contains("s3.endpoint:"), "{text}");
+    let ok = format!(
+        "{GOOD}\n[s3]\nendpoint = \"https://s3.eu-west-1.amazonaws.com\"\nregion = \"eu-west-1\"\nbucket = \"media\"\n"
+    );
+    let c = Config::parse(Path::new("c.toml"), &ok).unwrap();
+    let s3 = c.s3.as_ref().unwrap();
+    assert_eq!(s3.presign_default, Duration::from_secs(3600));
+    assert_eq!(s3.env.access_key_id, "AWS_ACCESS_KEY_ID");
+    assert!(
+        c.upstream_names().contains(&"s3"),
+        "the bucket is an upstream name"
+    );
+}
+
+#[test]
+fn jwks_sources_are_exactly_one() {
+    let two = GOOD.replace(
+        "frontend_api = \"https://clerk.example.com\"",
+        "frontend_api = \"https://clerk.example.com\"\npem_env = \"CLERK_JWT_KEY\"\nsecret_key_env = \"X\"\nttl_seconds = 0",
+    );
+    let text = Config::parse(Path::new("c.toml"), &two)
+        .unwrap_err()
+        .to_string();
+    assert!(text.contains("clerk.jwks: set exactly one of"), "{text}");
+    assert!(
+        text.contains("clerk.jwks.secret_key_env: only used with backend_api"),
+        "{text}"
+    );
+    assert!(
+        text.contains("ttl_seconds and unknown_kid_cooldown_seconds must be positive"),
+        "{text}"
+    );
+}

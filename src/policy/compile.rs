@@ -235,9 +235,8 @@ impl Route {
     }
 }
 
-/// Where a compiled route's name and path were written (for set-wide checks).
+/// Where a compiled route's path was written (for the ambiguity check).
 pub(super) struct Written {
-    pub name_at: usize,
     pub path_at: usize,
 }
 
@@ -428,13 +427,13 @@ impl Compiler<'_> {
         methods
     }
 
-    /// Compiles one route. Returns the route when it has no error, and where its name and path
-    /// are written either way (so duplicate names are found even on routes with errors).
+    /// Compiles one route. Returns its name and where it is written either way (so duplicate
+    /// names are found even on routes with errors), and the route when it has no error.
     pub fn route(
         &self,
         r: RawRoute,
         diags: &mut Diagnostics,
-    ) -> (Option<String>, Option<(Route, Written)>) {
+    ) -> (Option<(String, usize)>, Option<(Route, Written)>) {
         let before = diags.errors();
         let at = r.at;
         let (name, name_at, given) = match r.name {
@@ -587,7 +586,7 @@ impl Compiler<'_> {
             }
             m
         });
-        let written_name = (!name.is_empty()).then(|| name.clone());
+        let written_name = (!name.is_empty()).then(|| (name.clone(), name_at));
         if diags.errors() > before {
             return (written_name, None);
         }
@@ -611,7 +610,7 @@ impl Compiler<'_> {
             params,
             segs,
         };
-        (written_name, Some((route, Written { name_at, path_at })))
+        (written_name, Some((route, Written { path_at })))
     }
 
     /// Decides the route's kind from its options, refusing combinations that contradict each

@@ -153,11 +153,10 @@ impl PolicySet {
                 line: std::cell::Cell::new(0),
             };
             for r in raw {
-                let route_at = r.at;
                 let (name, compiled) = compiler.route(r, &mut diags);
-                if let Some(name) = &name {
+                if let Some((name, at)) = &name {
+                    let at = *at;
                     if let Some((f, l)) = names.get(name) {
-                        let at = compiled.as_ref().map_or(route_at, |(_, w)| w.name_at);
                         diags.push(
                             Diagnostic::at(
                                 file,
@@ -173,10 +172,7 @@ impl PolicySet {
                         );
                         continue;
                     }
-                    let line = compiled
-                        .as_ref()
-                        .map_or_else(|| lines.line(route_at), |(r, _)| r.line);
-                    names.insert(name.clone(), (file.clone(), line));
+                    names.insert(name.clone(), (file.clone(), lines.line(at)));
                 }
                 let Some((route, written)) = compiled else {
                     continue;

@@ -463,3 +463,219 @@ presign_for = "filez"
         "{text}"
     );
 }
+
+fn errors_with(src: &str, upstreams: &[&str], webhooks: &[&str]) -> String {
+    PolicySet::compile_with(
+        &[(PathBuf::from("p.toml"), src.to_string())],
+        Known {
+            upstreams,
+            webhooks,
+            declared: None,
+        },
+    )
+    .expect_err("should fail")
+    .to_string()
+}
+
+/// Shapes that would fail open are refused when compiling: a webhook route cannot serve the
+/// bucket (its signature names no caller), an S3 route cannot run in shadow mode (a dry run
+/// of ownership serves other users' keys) or be public.
+#[test]
+fn route_kinds_refuse_fail_open_shapes() {
+    let text = errors_with(
+        r#"
+[[route]]
+name = "hook-bucket"
+path = "/hooks/{key..}"
+methods = ["POST"]
+upstream = "s3"
+access = "webhook"
+webhook = "w"
+s3 = "object"
+
+[[route]]
+name = "shadow-bucket"
+path = "/files/{key..}"
+methods = ["GET"]
+upstream = "s3"
+s3 = "object"
+owner = "key"
+mode = "shadow"
+
+[[route]]
+name = "public-bucket"
+path = "/pub/{key..}"
+methods = ["GET"]
+upstream = "s3"
+s3 = "object"
+access = "public"
+
+[[route]]
+name = "shadow-hook"
+path = "/h"
+methods = ["POST"]
+upstream = "app"
+access = "webhook"
+webhook = "w"
+mode = "shadow"
+"#,
+        &["app", "s3"],
+        &["w"],
+    );
+    assert!(
+        text.contains("p.toml:9:6: route.s3: a webhook route cannot serve the bucket"),
+        "{text}"
+    );
+    assert!(
+        text.contains("p.toml:18:8: route.mode: an s3 route is always enforced"),
+        "{text}"
+    );
+    assert!(
+        text.contains("p.toml:26:10: route.access: an s3 route is always signed in"),
+        "{text}"
+    );
+    assert!(
+        text.contains("p.toml:35:8: route.mode: a webhook route is always enforced"),
+        "{text}"
+    );
+}
+
+#[test]
+fn options_only_meaningful_for_one_kind_are_refused_elsewhere() {
+    let text = errors_with(
+        r#"
+[[route]]
+name = "a"
+path = "/a/{key..}"
+methods = ["GET"]
+upstream = "app"
+webhook = "w"
+presign_for = "x"
+[route.kinds.images]
+
+[[route]]
+name = "b"
+path = "/b/{key..}"
+methods = ["GET"]
+upstream = "s3"
+s3 = "object"
+page = true
+timeout_ms = 5
+"#,
+        &["app", "s3"],
+        &["w"],
+    );
+    for want in [
+        "route.webhook: only used with access = \"webhook\"",
+        "route.presign_for: only used with s3 = \"presign\"",
+        "route.kinds: only used with s3 = \"object\"",
+        "route.page: only used with session routes to an app",
+        "route.timeout_ms: s3 routes use [s3] read_timeout_ms",
+    ] {
+        assert!(text.contains(want), "missing {want:?} in\n{text}");
+    }
+}
+
+#[test]
+fn compiled_kinds_carry_their_options() {
+    let s = PolicySet::compile_with(
+        &[(
+            PathBuf::from("p.toml"),
+            r#"
+[[route]]
+name = "files"
+path = "/f/{key..}"
+methods = ["GET"]
+upstream = "s3"
+s3 = "object"
+owner = "key"
+[route.kinds.images]
+max_body_bytes = 10
+
+[[route]]
+name = "hook"
+path = "/h"
+methods = ["POST"]
+upstream = "app"
+access = "webhook"
+webhook = "w"
+
+[[route]]
+name = "page"
+path = "/p"
+methods = ["GET"]
+upstream = "app"
+page = true
+"#
+            .to_string(),
+        )],
+        Known {
+            upstreams: &["app", "s3"],
+            webhooks: &["w"],
+            declared: None,
+        },
+    )
+    .unwrap_or_else(|d| panic!("{d}"));
+    match &s.routes[0].kind {
+        RouteKind::S3Object(o) => {
+            assert!(o.owner);
+            assert_eq!(o.kinds["images"].max_body_bytes, Some(10));
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(s.routes[1].webhook(), Some("w"));
+    assert_eq!(
+        s.routes[1].access(),
+        None,
+        "a webhook route reads no session"
+    );
+    assert!(s.routes[2].is_page());
+}
+
+/// `explain`'s steps are the ones `evaluate` took, object rules included.
+#[test]
+fn the_trace_records_object_rules() {
+    let s = PolicySet::compile_with(
+        &[(
+            PathBuf::from("p.toml"),
+            r#"
+[[route]]
+name = "files"
+path = "/f/{key..}"
+methods = ["GET"]
+upstream = "s3"
+s3 = "object"
+owner = "key"
+[route.kinds.videos]
+plan = ["pro"]
+"#
+            .to_string(),
+        )],
+        Known {
+            upstreams: &["s3"],
+            webhooks: &[],
+            declared: None,
+        },
+    )
+    .unwrap_or_else(|d| panic!("{d}"));
+    let me = Authn::SignedIn(id(json!({})));
+    let ex = explain(&s, "/f/user_a/videos/v.mp4", &GET, &me);
+    let checks: Vec<(&str, bool)> = ex
+        .steps
+        .iter()
+        .map(|s| (s.check.as_str(), s.passed))
+        .collect();
+    assert_eq!(
+        checks,
+        vec![
+            ("access: signed in (caller user_a)", true),
+            ("key: user_a/videos/v.mp4", true),
+            ("owner: key is under user_a/", true),
+            ("kind: videos", true),
+            ("kind videos: plan: any of pro", false),
+        ]
+    );
+    assert_eq!(ex.decision, Decision::Deny(Reason::PlanRequired));
+    let ex = explain(&s, "/f/user_b/videos/v.mp4", &GET, &me);
+    assert_eq!(ex.steps.last().map(|s| s.reason), Some(Some("not_owner")));
+}

@@ -33,15 +33,6 @@ pub enum KeyError {
     TooLong,
 }
 
-fn hex_value(b: u8) -> Option<u8> {
-    match b {
-        b'0'..=b'9' => Some(b - b'0'),
-        b'a'..=b'f' => Some(b - b'a' + 10),
-        b'A'..=b'F' => Some(b - b'A' + 10),
-        _ => None,
-    }
-}
-
 /// Decodes the key part of a canonical request path (see `crate::path::canonicalize`) into the
 /// object key, and refuses every form that two systems could read as different keys.
 ///
@@ -66,8 +57,8 @@ pub fn canonical_key(raw: &str) -> Result<String, KeyError> {
     while i < bytes.len() {
         let b = bytes[i];
         if b == b'%' {
-            let hi = bytes.get(i + 1).copied().and_then(hex_value);
-            let lo = bytes.get(i + 2).copied().and_then(hex_value);
+            let hi = bytes.get(i + 1).copied().and_then(crate::path::hex);
+            let lo = bytes.get(i + 2).copied().and_then(crate::path::hex);
             match (hi, lo) {
                 (Some(hi), Some(lo)) => decoded.push(hi * 16 + lo),
                 _ => return Err(KeyError::BadEscape),
@@ -94,8 +85,16 @@ fn check_decoded(key: &str) -> Result<(), KeyError> {
     let bytes = key.as_bytes();
     for (i, &b) in bytes.iter().enumerate() {
         if b == b'%'
-            && bytes.get(i + 1).copied().and_then(hex_value).is_some()
-            && bytes.get(i + 2).copied().and_then(hex_value).is_some()
+            && bytes
+                .get(i + 1)
+                .copied()
+                .and_then(crate::path::hex)
+                .is_some()
+            && bytes
+                .get(i + 2)
+                .copied()
+                .and_then(crate::path::hex)
+                .is_some()
         {
             return Err(KeyError::DoubleEncoded);
         }

@@ -238,3 +238,115 @@ fn policy_tests_pass_and_fail_like_a_test_runner() {
     );
     assert!(stdout.contains("0 passed, 1 failed"), "{stdout}");
 }
+
+/// One run of `check` reports every problem of a policy file: an unknown key no longer hides
+/// the route's other errors, and a duplicate name or an undeclared plan is found on a route
+/// that has errors of its own.
+#[test]
+fn check_reports_every_error_of_a_file_in_one_run() {
+    let dir = TempDir::new();
+    std::fs::create_dir_all(dir.0.join("policies")).expect("mkdir");
+    std::fs::write(
+        dir.0.join("config.toml"),
+        "[clerk]\nissuer = \"https://clerk.example.com\"\n[clerk.jwks]\nfrontend_api = \"https://clerk.example.com\"\n[upstreams.flask]\npeers = [\"127.0.0.1:9006\"]\n[policies]\nplans = [\"pro\"]\n",
+    )
+    .expect("write");
+    std::fs::write(
+        dir.0.join("policies/p.toml"),
+        r#"[[route]]
+name = "books"
+path = "/books"
+methods = ["GET"]
+upstream = "flask"
+
+[[route]]
+name = "books"
+path = "/books/{id}"
+methods = ["GET", "FETCH"]
+upstream = "django"
+plan = ["gold"]
+colour = "blue"
+"#,
+    )
+    .expect("write");
+    let out = portier()
+        .args(["check", "--format", "json", "-c"])
+        .arg(dir.0.join("config.toml"))
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(1));
+    let findings: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let list = findings.as_array().expect("array");
+    let has = |code: &str, key: &str, line: u64| {
+        list.iter()
+            .any(|f| f["code"] == code && f["key"] == key && f["line"] == line)
+    };
+    assert!(has("invalid", "colour", 13), "unknown key: {findings}");
+    assert!(
+        has("invalid", "route.methods", 10),
+        "unknown method: {findings}"
+    );
+    assert!(has("unknown_upstream", "route.upstream", 11), "{findings}");
+    assert!(has("unknown_plan", "route.plan", 8), "{findings}");
+    assert!(has("duplicate_name", "route.name", 8), "{findings}");
+    assert_eq!(list.len(), 5, "exactly these five: {findings}");
+}
+
+/// `portier dev --policies DIR` reloads the directory on change, as `portier run` does.
+#[test]
+fn dev_applies_a_policy_edit_without_a_restart() {
+    let dir = TempDir::new();
+    let shipped = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
+    for e in std::fs::read_dir(&shipped).expect("policies") {
+        let p = e.expect("entry").path();
+        if p.extension().is_some_and(|x| x == "toml") {
+            std::fs::copy(&p, dir.0.join(p.file_name().expect("name"))).expect("copy");
+        }
+    }
+    let listen = crate::common::free_port();
+    let mut child = portier()
+        .args(["dev", "--listen", &listen.to_string(), "--policies"])
+        .arg(&dir.0)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start portier dev");
+    struct Kill<'a>(&'a mut std::process::Child);
+    impl Drop for Kill<'_> {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _kill = Kill(&mut child);
+    assert!(
+        portier::server::wait_listening(listen, std::time::Duration::from_secs(20)),
+        "portier dev did not start"
+    );
+    assert_eq!(crate::common::get(listen, "/api/health", &[]).status, 200);
+    let api = dir.0.join("api.toml");
+    let text = std::fs::read_to_string(&api).expect("api.toml");
+    let edited = text.replace(
+        "name = \"api-health\"\npath = \"/api/health\"",
+        "name = \"api-health\"\npath = \"/api/healthz\"",
+    );
+    assert_ne!(text, edited);
+    let tmp = dir.0.join("api.toml.tmp");
+    std::fs::write(&tmp, edited).expect("write");
+    std::fs::rename(&tmp, &api).expect("rename");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let old = crate::common::get(listen, "/api/health", &[]);
+        if old.status == 404 && old.reason() == "no_route" {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the edit was not applied: {} {}",
+            old.status,
+            old.body
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert_eq!(crate::common::get(listen, "/api/healthz", &[]).status, 200);
+}

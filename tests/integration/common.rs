@@ -272,7 +272,7 @@ access = "public"
 pub struct Portier {
     pub addr: SocketAddr,
     pub gateway: Arc<Gateway>,
-    shutdown: ShutdownHandle,
+    pub(crate) shutdown: ShutdownHandle,
     pub dir: TempDir,
 }
 
@@ -868,4 +868,17 @@ impl Relay {
             .map(|s| String::from_utf8_lossy(&s).into_owned())
             .unwrap_or_default()
     }
+}
+
+/// A Standard Webhooks `v1,` signature of `id.ts.body` with a `whsec_` secret.
+pub fn webhook_signature(secret: &str, id: &str, ts: i64, body: &[u8]) -> String {
+    use base64::engine::general_purpose::STANDARD;
+    use base64::Engine;
+    let key = STANDARD
+        .decode(secret.trim_start_matches("whsec_"))
+        .expect("secret");
+    let key = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, &key);
+    let mut msg = format!("{id}.{ts}.").into_bytes();
+    msg.extend_from_slice(body);
+    format!("v1,{}", STANDARD.encode(aws_lc_rs::hmac::sign(&key, &msg)))
 }

@@ -3,10 +3,6 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use aws_lc_rs::hmac;
-use base64::engine::general_purpose::STANDARD;
-use base64::Engine;
-
 use crate::common::*;
 
 const RATE_POLICIES: &str = r#"
@@ -204,16 +200,6 @@ fn two_processes_share_one_limit_in_redis_and_redis_failure_follows_config() {
 const SECRET: &str = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD";
 const OLD_SECRET: &str = "whsec_dGhpcyBpcyB0aGUgb2xkIHNlY3JldCBrZXkhIQ==";
 
-fn sign(secret: &str, id: &str, ts: i64, body: &[u8]) -> String {
-    let key = STANDARD
-        .decode(secret.trim_start_matches("whsec_"))
-        .expect("secret");
-    let key = hmac::Key::new(hmac::HMAC_SHA256, &key);
-    let mut msg = format!("{id}.{ts}.").into_bytes();
-    msg.extend_from_slice(body);
-    format!("v1,{}", STANDARD.encode(hmac::sign(&key, &msg)))
-}
-
 fn now() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -264,7 +250,12 @@ max_body_bytes = 4096
     };
     let t = now();
     // A valid delivery reaches the upstream with its body intact.
-    let r = post("msg_1", t, &sign(SECRET, "msg_1", t, body), body);
+    let r = post(
+        "msg_1",
+        t,
+        &webhook_signature(SECRET, "msg_1", t, body),
+        body,
+    );
     assert_eq!(r.status, 200, "{}", r.body);
     let seen = up.requests();
     assert_eq!(seen.len(), 1);
@@ -276,26 +267,34 @@ max_body_bytes = 4096
         Some("msg_1")
     );
     // The same delivery again: a replay.
-    let r = post("msg_1", t, &sign(SECRET, "msg_1", t, body), body);
+    let r = post(
+        "msg_1",
+        t,
+        &webhook_signature(SECRET, "msg_1", t, body),
+        body,
+    );
     assert_eq!((r.status, r.reason().as_str()), (401, "webhook_replayed"));
     assert!(
         r.header("www-authenticate").is_none(),
         "a webhook is not asked to sign in"
     );
     // The rotated-out secret still verifies; several signatures, any match.
-    let both = format!("v1,AAAA {}", sign(OLD_SECRET, "msg_2", t, body));
+    let both = format!(
+        "v1,AAAA {}",
+        webhook_signature(OLD_SECRET, "msg_2", t, body)
+    );
     assert_eq!(post("msg_2", t, &both, body).status, 200);
     let cases: Vec<(&str, String, i64, Vec<u8>, &str)> = vec![
         (
             "changed body",
-            sign(SECRET, "msg_3", t, body),
+            webhook_signature(SECRET, "msg_3", t, body),
             t,
             br#"{"job":"j1","status":"paid"}"#.to_vec(),
             "webhook_signature_invalid",
         ),
         (
             "unknown secret",
-            sign(
+            webhook_signature(
                 "whsec_dW5rbm93biBzZWNyZXQgb2YgYW4gYXR0YWNrZXI=",
                 "msg_4",
                 t,
@@ -307,14 +306,14 @@ max_body_bytes = 4096
         ),
         (
             "stale",
-            sign(SECRET, "msg_5", t - 301, body),
+            webhook_signature(SECRET, "msg_5", t - 301, body),
             t - 301,
             body.to_vec(),
             "webhook_timestamp_out_of_range",
         ),
         (
             "future",
-            sign(SECRET, "msg_6", t + 301, body),
+            webhook_signature(SECRET, "msg_6", t + 301, body),
             t + 301,
             body.to_vec(),
             "webhook_timestamp_out_of_range",
@@ -345,7 +344,12 @@ max_body_bytes = 4096
     );
     // Over the route's body limit: refused before any signature work.
     let big = vec![b'x'; 5000];
-    let r = post("msg_big", t, &sign(SECRET, "msg_big", t, &big), &big);
+    let r = post(
+        "msg_big",
+        t,
+        &webhook_signature(SECRET, "msg_big", t, &big),
+        &big,
+    );
     assert_eq!((r.status, r.reason().as_str()), (413, "body_too_large"));
     assert_eq!(
         up.requests().len(),
@@ -448,7 +452,7 @@ fn webhook_replay_ids_are_shared_in_redis_and_refused_when_redis_is_down() {
     let b = replica("");
     let body = br#"{"job":"shared"}"#;
     let t = now();
-    let sig = sign(SECRET, "msg_shared", t, body);
+    let sig = webhook_signature(SECRET, "msg_shared", t, body);
     let ts = t.to_string();
     let post = |addr| {
         send_body(
@@ -471,7 +475,7 @@ fn webhook_replay_ids_are_shared_in_redis_and_refused_when_redis_is_down() {
     // Without Redis a replay cannot be ruled out: refused with 503, never let through.
     redis.stop();
     let t2 = now();
-    let sig2 = sign(SECRET, "msg_new", t2, body);
+    let sig2 = webhook_signature(SECRET, "msg_new", t2, body);
     let ts2 = t2.to_string();
     let r = send_body(
         a.addr,

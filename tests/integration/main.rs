@@ -12,3 +12,4 @@ mod ops;
 mod paths;
 mod proxying;
 mod s3;
+mod shipped;

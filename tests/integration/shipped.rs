@@ -1,0 +1,491 @@
+//! The shipped shape: `config.toml` and `policies/` as users run them, with only the addresses
+//! and secrets that cannot be real in a test replaced (listen port, issuer, JWKS, upstream
+//! peers, the bucket's endpoint and key env vars, the admin port). Reload, explain and the
+//! proxy are exercised on this shape, bucket included.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use portier::config::Config;
+use portier::s3::{self, EmbeddedStore};
+use serde_json::{json, Value};
+
+use crate::common::*;
+
+/// The shipped webhook secrets' env vars, set once for the test binary.
+pub fn shipped_webhook_secret(name: &str) -> &'static str {
+    static SECRETS: OnceLock<(String, String)> = OnceLock::new();
+    let (workers, clerk) = SECRETS.get_or_init(|| {
+        let w = portier::dev::random_webhook_secret();
+        let c = portier::dev::random_webhook_secret();
+        std::env::set_var("WORKER_WEBHOOK_SECRET", &w);
+        std::env::set_var("CLERK_WEBHOOK_SECRET", &c);
+        std::env::set_var(
+            "CLERK_WEBHOOK_SECRET_PREVIOUS",
+            portier::dev::random_webhook_secret(),
+        );
+        (w, c)
+    });
+    if name == "clerk" {
+        clerk
+    } else {
+        workers
+    }
+}
+
+/// The servers live as long as the world; tests read some of them.
+#[allow(dead_code)]
+pub struct Shipped {
+    pub jwks: JwksServer,
+    pub flask: Upstream,
+    pub next: Upstream,
+    pub store: EmbeddedStore,
+    pub store_root: TempDir,
+    pub portier: Portier,
+    pub admin: std::net::SocketAddr,
+    pub config_path: PathBuf,
+}
+
+fn set(table: &mut toml::Table, path: &[&str], value: toml::Value) {
+    let (last, parents) = path.split_last().expect("path");
+    let mut t = table;
+    for p in parents {
+        t = t
+            .entry(p.to_string())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+            .as_table_mut()
+            .expect("table");
+    }
+    t.insert(last.to_string(), value);
+}
+
+fn strs(v: &[String]) -> toml::Value {
+    toml::Value::Array(v.iter().cloned().map(toml::Value::String).collect())
+}
+
+/// The shipped config.toml with test addresses; `edit` changes it further.
+pub fn shipped_config(
+    listen: std::net::SocketAddr,
+    admin: std::net::SocketAddr,
+    jwks: &JwksServer,
+    flask: std::net::SocketAddr,
+    next: std::net::SocketAddr,
+    store: &EmbeddedStore,
+    reload_poll_ms: i64,
+) -> toml::Table {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let n = N.fetch_add(1, Ordering::SeqCst);
+    let (ak, sk) = (
+        format!("PORTIER_SHIPPED_AK_{n}"),
+        format!("PORTIER_SHIPPED_SK_{n}"),
+    );
+    std::env::set_var(&ak, &store.access_key);
+    std::env::set_var(&sk, &store.secret_key);
+    shipped_webhook_secret("workers");
+    let text = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("config.toml"))
+        .expect("shipped config.toml");
+    let mut t: toml::Table = text.parse().expect("shipped config parses");
+    let s = |v: &str| toml::Value::String(v.to_string());
+    set(&mut t, &["server", "listen"], strs(&[listen.to_string()]));
+    set(
+        &mut t,
+        &["server", "grace_period_seconds"],
+        toml::Value::Integer(0),
+    );
+    set(
+        &mut t,
+        &["server", "graceful_shutdown_timeout_seconds"],
+        toml::Value::Integer(1),
+    );
+    set(&mut t, &["clerk", "issuer"], s(ISSUER));
+    set(
+        &mut t,
+        &["clerk", "authorized_parties"],
+        strs(&[AZP.into()]),
+    );
+    let jwks_table = t["clerk"]["jwks"]
+        .as_table()
+        .cloned()
+        .expect("[clerk.jwks]");
+    let mut j = toml::Table::new();
+    for (k, v) in jwks_table {
+        if !matches!(
+            k.as_str(),
+            "frontend_api" | "backend_api" | "secret_key_env" | "url" | "pem_file" | "pem_env"
+        ) {
+            j.insert(k, v);
+        }
+    }
+    j.insert("url".into(), s(&jwks.url()));
+    j.insert("failure_backoff_seconds".into(), toml::Value::Integer(0));
+    set(&mut t, &["clerk", "jwks"], toml::Value::Table(j));
+    set(
+        &mut t,
+        &["upstreams", "flask", "peers"],
+        strs(&[flask.to_string()]),
+    );
+    set(
+        &mut t,
+        &["upstreams", "nextjs", "peers"],
+        strs(&[next.to_string()]),
+    );
+    set(
+        &mut t,
+        &["policies", "reload_poll_ms"],
+        toml::Value::Integer(reload_poll_ms),
+    );
+    set(
+        &mut t,
+        &["s3", "endpoint"],
+        s(&format!("http://{}", store.addr)),
+    );
+    set(&mut t, &["s3", "bucket"], s(&store.bucket));
+    set(&mut t, &["s3", "addressing"], s("path"));
+    set(&mut t, &["s3", "access_key_id_env"], s(&ak));
+    set(&mut t, &["s3", "secret_access_key_env"], s(&sk));
+    set(
+        &mut t,
+        &["s3", "session_token_env"],
+        s("PORTIER_SHIPPED_NO_TOKEN"),
+    );
+    set(&mut t, &["admin", "listen"], s(&admin.to_string()));
+    set(
+        &mut t,
+        &["decision_log", "path"],
+        s(&shared_decision_log().display().to_string()),
+    );
+    t
+}
+
+impl Shipped {
+    pub fn start(reload_poll_ms: i64) -> Shipped {
+        capture_logs();
+        let jwks = JwksServer::start(vec![issuer().jwk()]);
+        let flask = Upstream::start();
+        let next = Upstream::start();
+        let store_root = TempDir::new();
+        let (ak, sk) = s3::generate_keys();
+        let store = runtime()
+            .block_on(s3::start(store_root.0.clone(), "app-media", &ak, &sk))
+            .expect("embedded store");
+        let (listen, admin) = (free_port(), free_port());
+        let cfg = shipped_config(
+            listen,
+            admin,
+            &jwks,
+            flask.addr,
+            next.addr,
+            &store,
+            reload_poll_ms,
+        );
+        let dir = TempDir::new();
+        let policies = dir.0.join("policies");
+        std::fs::create_dir_all(&policies).expect("mkdir");
+        let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
+        for e in std::fs::read_dir(&shipped).expect("shipped policies") {
+            let p = e.expect("entry").path();
+            if p.extension().is_some_and(|x| x == "toml") {
+                std::fs::copy(&p, policies.join(p.file_name().expect("name"))).expect("copy");
+            }
+        }
+        let config_path = dir.0.join("config.toml");
+        std::fs::write(&config_path, toml::to_string(&cfg).expect("toml")).expect("write");
+        let loaded = Config::load(&config_path).unwrap_or_else(|d| panic!("config:\n{d}"));
+        let built = portier::server::build_from_config(&loaded, &config_path).expect("build");
+        let gateway = built.gateway.clone();
+        let (shutdown, _thread) = portier::server::spawn(built);
+        assert!(
+            portier::server::wait_listening(listen, Duration::from_secs(10)),
+            "portier did not start"
+        );
+        Shipped {
+            jwks,
+            flask,
+            next,
+            store,
+            store_root,
+            portier: Portier {
+                addr: listen,
+                gateway,
+                shutdown,
+                dir,
+            },
+            admin,
+            config_path,
+        }
+    }
+
+    /// Rewrites config.toml with `edit` applied (atomically, as config management does).
+    pub fn edit_config(&self, edit: impl FnOnce(&mut toml::Table)) {
+        let mut t: toml::Table = std::fs::read_to_string(&self.config_path)
+            .expect("read")
+            .parse()
+            .expect("parse");
+        edit(&mut t);
+        replace_file(&self.config_path, &toml::to_string(&t).expect("toml"));
+    }
+
+    pub fn policy_file(&self, name: &str) -> PathBuf {
+        self.portier.dir.0.join("policies").join(name)
+    }
+
+    /// Waits until the reload counter for `result` passes `before`.
+    pub fn wait_reload(&self, result: &str, before: u64) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let m = &self.portier.gateway.metrics.reloads;
+        while m.with_label_values(&[result]).get() <= before {
+            assert!(Instant::now() < deadline, "no {result} reload was seen");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    pub fn reloads(&self, result: &str) -> u64 {
+        self.portier
+            .gateway
+            .metrics
+            .reloads
+            .with_label_values(&[result])
+            .get()
+    }
+}
+
+/// Replaces a file atomically (write + rename), as editors and config management do.
+pub fn replace_file(path: &Path, text: &str) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).expect("write");
+    std::fs::rename(&tmp, path).expect("rename");
+}
+
+fn presign(w: &Shipped, tok: &str, key: &str) -> Resp {
+    let auth = bearer(tok);
+    send_body(
+        w.portier.addr,
+        "POST",
+        "/api/files/presigned-url",
+        &[
+            ("Authorization", &auth),
+            ("Content-Type", "application/json"),
+        ],
+        json!({"key": key, "method": "GET", "expires_in": 7200})
+            .to_string()
+            .as_bytes(),
+        false,
+    )
+}
+
+/// The security review's first finding: with `[s3]` configured, reloads failed on the
+/// reserved `s3` upstream and the old policies and issuer kept serving. On the shipped shape a
+/// policy edit, an issuer rotation and an `[s3]` change are each applied by the poller.
+#[test]
+fn reloads_apply_on_the_shipped_config_with_its_bucket() {
+    let w = Shipped::start(20);
+    let me = token("user_a");
+    assert_eq!(w.portier.gateway.live().generation, 1);
+    // 1. A policy edit: the books route is removed, and the change is live.
+    assert_eq!(w.get_as_status("/api/books/1", &me), 200);
+    let api = w.policy_file("api.toml");
+    let text = std::fs::read_to_string(&api).expect("api.toml");
+    let without_books = text.replace(
+        "[[route]]\nname = \"books\"\npath = \"/api/books/{rest..}\"\nmethods = [\"GET\", \"POST\", \"PUT\", \"PATCH\", \"DELETE\"]\nupstream = \"flask\"\n",
+        "",
+    );
+    assert_ne!(text, without_books, "the shipped books route was found");
+    let ok = w.reloads("ok");
+    replace_file(&api, &without_books);
+    w.wait_reload("ok", ok);
+    assert_eq!(w.reloads("error"), 0, "no reload failed");
+    let r = get(
+        w.portier.addr,
+        "/api/books/1",
+        &[("Authorization", &bearer(&me))],
+    );
+    assert_eq!((r.status, r.reason().as_str()), (404, "no_route"));
+    // 2. An issuer rotation: tokens of the old issuer are refused from now on.
+    let ok = w.reloads("ok");
+    w.edit_config(|t| {
+        set(
+            t,
+            &["clerk", "issuer"],
+            toml::Value::String("https://clerk.rotated.test".into()),
+        )
+    });
+    w.wait_reload("ok", ok);
+    let r = get(
+        w.portier.addr,
+        "/api/jobs/user_a/1",
+        &[("Authorization", &bearer(&me))],
+    );
+    assert_eq!((r.status, r.reason().as_str()), (401, "issuer_mismatch"));
+    let ok = w.reloads("ok");
+    w.edit_config(|t| set(t, &["clerk", "issuer"], toml::Value::String(ISSUER.into())));
+    w.wait_reload("ok", ok);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while w.get_as_status("/api/jobs/user_a/1", &me) != 200 {
+        assert!(Instant::now() < deadline, "issuer was not restored");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // 3. An [s3] change is applied live: the presign cap follows the new value.
+    let r = presign(&w, &me, "user_a/images/cat.png");
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["expires_in"], 3600);
+    let ok = w.reloads("ok");
+    w.edit_config(|t| {
+        set(t, &["s3", "presign_max_seconds"], toml::Value::Integer(900));
+        set(
+            t,
+            &["s3", "presign_default_seconds"],
+            toml::Value::Integer(600),
+        );
+    });
+    w.wait_reload("ok", ok);
+    let r = presign(&w, &me, "user_a/images/cat.png");
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["expires_in"], 900, "the new [s3] cap is live");
+    let url = r.json()["url"].as_str().unwrap_or("").to_string();
+    assert!(url.contains("X-Amz-Expires=900"), "{url}");
+    assert_eq!(w.reloads("error"), 0);
+    // A restart-only change is reported and counted, and the rest still applies.
+    let ok = w.reloads("ok");
+    w.edit_config(|t| set(t, &["server", "threads"], toml::Value::Integer(3)));
+    w.wait_reload("ok", ok);
+    let m = &w.portier.gateway.metrics.restart_required;
+    assert_eq!(m.with_label_values(&["server"]).get(), 1);
+}
+
+/// `portier explain` and the proxy reach the same decision for every case of the shipped
+/// policy tests, S3 object routes included, on the shipped config with its bucket.
+#[test]
+fn explain_and_the_proxy_agree_on_every_shipped_policy_case() {
+    let w = Shipped::start(0);
+    let cases_text = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("policies/tests/app.toml"),
+    )
+    .expect("policy tests");
+    let cases: toml::Table = cases_text.parse().expect("cases parse");
+    let cfg = w.config_path.to_str().expect("utf8").to_string();
+    let mut checked = 0;
+    for case in cases["case"].as_array().expect("cases") {
+        let c = case.as_table().expect("case");
+        let name = c["name"].as_str().unwrap_or("");
+        let method = c.get("method").and_then(|m| m.as_str()).unwrap_or("GET");
+        let path = c["path"].as_str().expect("path");
+        let navigation = c.get("navigation").and_then(|v| v.as_bool()) == Some(true);
+        let token = match (
+            c.get("claims"),
+            c.get("signed_out").and_then(|v| v.as_str()),
+        ) {
+            (Some(claims), _) => {
+                let sub = claims["sub"].as_str().expect("sub").to_string();
+                let mut extra = serde_json::Map::new();
+                for (k, v) in claims.as_table().expect("claims") {
+                    if k != "sub" {
+                        extra.insert(k.clone(), json!(v.as_str().unwrap_or_default()));
+                    }
+                }
+                Some(token_with(&sub, Value::Object(extra)))
+            }
+            (None, Some("token_expired")) => {
+                Some(issuer().token(&issuer().claims("user_a", AZP, -60)))
+            }
+            _ => None,
+        };
+        let cookie = c.get("token_source").and_then(|v| v.as_str()) == Some("cookie");
+        let mut headers: Vec<(String, String)> = Vec::new();
+        if let Some(t) = &token {
+            if cookie {
+                headers.push(("Cookie".into(), format!("__session={t}")));
+            } else {
+                headers.push(("Authorization".into(), bearer(t)));
+            }
+        }
+        if navigation {
+            headers.push(("Sec-Fetch-Mode".into(), "navigate".into()));
+            headers.push(("Accept".into(), "text/html".into()));
+        }
+        // Bodies as a client would send them: an image for uploads, a signed delivery for
+        // webhooks, nothing otherwise.
+        let body: Vec<u8> = if method == "PUT" {
+            let mut b = b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR".to_vec();
+            b.extend([0u8; 64]);
+            b
+        } else {
+            Vec::new()
+        };
+        if path.starts_with("/api/webhooks/") {
+            let hook = if path.ends_with("/clerk") {
+                "clerk"
+            } else {
+                "workers"
+            };
+            let ts = portier::auth::verify::unix_now();
+            let id = format!("msg_{checked}");
+            headers.push(("svix-id".into(), id.clone()));
+            headers.push(("svix-timestamp".into(), ts.to_string()));
+            headers.push((
+                "svix-signature".into(),
+                webhook_signature(shipped_webhook_secret(hook), &id, ts, &body),
+            ));
+        }
+        if method == "PUT" || method == "POST" {
+            headers.push(("Content-Length".into(), body.len().to_string()));
+        }
+        let hs: Vec<(&str, &str)> = headers
+            .iter()
+            .filter(|(k, _)| k != "Content-Length")
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        let proxied = if method == "PUT" || method == "POST" {
+            send_body(w.portier.addr, method, path, &hs, &body, false)
+        } else {
+            raw(w.portier.addr, method, path, &hs)
+        };
+        let mut args: Vec<String> = vec![
+            "explain".into(),
+            "-c".into(),
+            cfg.clone(),
+            "--format".into(),
+            "json".into(),
+            method.into(),
+            path.into(),
+        ];
+        for (k, v) in &headers {
+            args.push("-H".into());
+            args.push(format!("{k}: {v}"));
+        }
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_portier"))
+            .args(&args)
+            .output()
+            .expect("run portier explain");
+        assert!(
+            out.status.success(),
+            "{name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let ex: Value = serde_json::from_slice(&out.stdout).expect("json");
+        assert_eq!(
+            (
+                ex["status"].as_u64().unwrap_or(0) as u16,
+                ex["reason"].as_str().unwrap_or("")
+            ),
+            (proxied.status, proxied.reason().as_str()),
+            "{name}: {method} {path}: explain {ex} vs proxy {} {}",
+            proxied.status,
+            proxied.body
+        );
+        checked += 1;
+    }
+    assert!(checked >= 28, "only {checked} cases");
+}
+
+impl Shipped {
+    fn get_as_status(&self, target: &str, tok: &str) -> u16 {
+        get(
+            self.portier.addr,
+            target,
+            &[("Authorization", &bearer(tok))],
+        )
+        .status
+    }
+}
