@@ -235,6 +235,9 @@ impl Route {
     }
 }
 
+/// A route's name and the offset where it is written.
+pub(super) type NameAt = (String, usize);
+
 /// Where a compiled route's path was written (for the ambiguity check).
 pub(super) struct Written {
     pub path_at: usize,
@@ -433,7 +436,7 @@ impl Compiler<'_> {
         &self,
         r: RawRoute,
         diags: &mut Diagnostics,
-    ) -> (Option<(String, usize)>, Option<(Route, Written)>) {
+    ) -> (Option<NameAt>, Option<(Route, Written)>) {
         let before = diags.errors();
         let at = r.at;
         let (name, name_at, given) = match r.name {
