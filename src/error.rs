@@ -91,13 +91,17 @@ pub enum Reason {
     NotFound,
     /// The store refused Portier's signature or credentials: a configuration problem.
     UpstreamAuthFailed,
+    /// Two different session cookies of the same name were sent (cookie tossing).
+    SessionCookieConflict,
+    /// A protocol upgrade (WebSocket) on a route that does not allow one.
+    UpgradeNotAllowed,
     /// A fault inside Portier; details are in the log.
     Internal,
 }
 
 impl Reason {
     /// Every reason, for documentation and exhaustive tests.
-    pub const ALL: [Reason; 41] = [
+    pub const ALL: [Reason; 43] = [
         Reason::BadPath,
         Reason::TokenMissing,
         Reason::TokenInvalid,
@@ -138,6 +142,8 @@ impl Reason {
         Reason::OperationNotSupported,
         Reason::NotFound,
         Reason::UpstreamAuthFailed,
+        Reason::SessionCookieConflict,
+        Reason::UpgradeNotAllowed,
         Reason::Internal,
     ];
 
@@ -183,6 +189,8 @@ impl Reason {
             Reason::OperationNotSupported => "operation_not_supported",
             Reason::NotFound => "not_found",
             Reason::UpstreamAuthFailed => "upstream_auth_failed",
+            Reason::SessionCookieConflict => "session_cookie_conflict",
+            Reason::UpgradeNotAllowed => "upgrade_not_allowed",
             Reason::Internal => "internal_error",
         }
     }
@@ -224,6 +232,8 @@ impl Reason {
             | Reason::ClaimMismatch => 403,
             Reason::NoRoute => 404,
             Reason::MethodNotAllowed => 405,
+            Reason::SessionCookieConflict => 401,
+            Reason::UpgradeNotAllowed => 400,
             Reason::Internal => 500,
             Reason::UpstreamUnavailable => 502,
             Reason::JwksUnavailable
@@ -285,6 +295,8 @@ impl Reason {
             Reason::UpstreamAuthFailed => {
                 "the storage backend refused the request; this is a server configuration problem"
             }
+            Reason::SessionCookieConflict => "the request carries conflicting session cookies",
+            Reason::UpgradeNotAllowed => "this route does not accept protocol upgrades",
             Reason::Internal => "internal error",
         }
     }

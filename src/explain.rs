@@ -162,13 +162,17 @@ pub async fn explain_request<F: Fn(&str) -> Credentials>(
         if let RouteKind::S3Object(obj) = &r.kind {
             if let Ok(m) = policies.lookup(method, &canonical) {
                 let key = object_key(r, &canonical, &m.params);
+                let object_request = crate::admission::s3::ObjectRequest {
+                    method,
+                    raw_path: req.uri.path(),
+                    query: req.uri.query(),
+                    headers: &req.headers,
+                    identity: identity.as_deref(),
+                };
                 let op = crate::admission::s3::operation(
                     obj,
                     key,
-                    method,
-                    req.uri.query(),
-                    &req.headers,
-                    identity.as_deref(),
+                    &object_request,
                     r.max_body_bytes.unwrap_or(max_body_bytes),
                 );
                 match op {
@@ -203,7 +207,15 @@ pub async fn explain_request<F: Fn(&str) -> Credentials>(
                 .as_deref()
                 .map_or(Credentials::Strip, &credentials_of);
             let mut up = req.clone();
-            if prepare_upstream_headers(&mut up, guard, credentials, identity.as_deref()).is_ok() {
+            if prepare_upstream_headers(
+                &mut up,
+                guard,
+                credentials,
+                identity.as_deref(),
+                Default::default(),
+            )
+            .is_ok()
+            {
                 report.upstream_headers = up
                     .headers
                     .iter()

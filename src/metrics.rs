@@ -18,6 +18,7 @@ pub struct Metrics {
     pub shadow_denials: IntCounterVec,
     pub reloads: IntCounterVec,
     pub restart_required: IntCounterVec,
+    pub upgrades: IntCounterVec,
     pub policy_generation: IntGauge,
     pub upstream_errors: IntCounterVec,
     pub upstream_bytes: IntCounterVec,
@@ -111,6 +112,12 @@ impl Metrics {
                 "portier_reload_restart_required_total",
                 "Reloads that changed a config section only a restart applies, by section",
                 &["section"],
+            )?,
+            upgrades: counter_vec(
+                &r,
+                "portier_upgrades_total",
+                "Protocol upgrades (WebSocket) admitted, by route",
+                &["route"],
             )?,
             upstream_errors: counter_vec(
                 &r,

@@ -33,6 +33,8 @@ pub enum PathError {
     DotSegment,
     #[error("path is too long")]
     TooLong,
+    #[error("path decodes to bytes that are not UTF-8 (an overlong or broken sequence)")]
+    NotUtf8,
 }
 
 /// Longest path accepted; real routes are far shorter and the limit bounds router work.
@@ -140,7 +142,34 @@ pub fn canonicalize(raw: &str) -> Result<String, PathError> {
     {
         return Err(PathError::DoubleEncoded);
     }
+    // The kept escapes must decode to UTF-8: an overlong form such as `%C0%AE` is a `.` to
+    // some decoders and an error to others.
+    if out.contains('%') && !decodes_to_utf8(b) {
+        return Err(PathError::NotUtf8);
+    }
     Ok(out)
+}
+
+/// Whether a canonical path's escapes decode to valid UTF-8 (the rest is ASCII).
+fn decodes_to_utf8(b: &[u8]) -> bool {
+    let mut bytes = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            match (
+                b.get(i + 1).copied().and_then(hex),
+                b.get(i + 2).copied().and_then(hex),
+            ) {
+                (Some(h), Some(l)) => bytes.push(h * 16 + l),
+                _ => return false,
+            }
+            i += 3;
+        } else {
+            bytes.push(b[i]);
+            i += 1;
+        }
+    }
+    std::str::from_utf8(&bytes).is_ok()
 }
 
 fn check_segment(seg: &str) -> Result<(), PathError> {
@@ -225,6 +254,18 @@ mod tests {
         // Found by the randomised test: the output must not become `%25AA`.
         assert_eq!(canonicalize("/%25%41%41x"), Err(PathError::DoubleEncoded));
         assert_eq!(canonicalize("/%25A%41"), Err(PathError::DoubleEncoded));
+    }
+
+    #[test]
+    fn escapes_must_decode_to_utf8() {
+        // Overlong `.` (`%C0%AE`): a traversal to lenient decoders, garbage to strict ones.
+        assert_eq!(
+            canonicalize("/api/%C0%AE%C0%AE/admin"),
+            Err(PathError::NotUtf8)
+        );
+        assert_eq!(canonicalize("/a%ff"), Err(PathError::NotUtf8));
+        assert_eq!(canonicalize("/a%c3"), Err(PathError::NotUtf8));
+        assert_eq!(canonicalize("/caf%c3%a9").as_deref(), Ok("/caf%C3%A9"));
     }
 
     #[test]

@@ -33,11 +33,21 @@ pub async fn authenticate(verifier: &Verifier, headers: &HeaderMap) -> Authn {
             .map(|v| v.as_bytes()),
         settings.cookie_suffix.as_deref(),
     );
-    let Some((token, source)) = found else {
-        return Authn::SignedOut {
-            reason: Reason::TokenMissing,
-            source: None,
-        };
+    let (token, source) = match found {
+        Ok(Some(found)) => found,
+        Ok(None) => {
+            return Authn::SignedOut {
+                reason: Reason::TokenMissing,
+                source: None,
+            }
+        }
+        Err(_) => {
+            log::info!("two different session cookies of one name: refused");
+            return Authn::SignedOut {
+                reason: Reason::SessionCookieConflict,
+                source: Some(crate::auth::TokenSource::Cookie),
+            };
+        }
     };
     match verifier.verify(token).await {
         Ok(id) => Authn::SignedIn(id),
@@ -97,15 +107,27 @@ pub fn client_ip(peer: Option<IpAddr>, xff: Option<&str>, trusted: &[Cidr]) -> O
     Some(last)
 }
 
-/// The rate-limit counter a request counts against: the route and the verified user, or the
-/// client address when there is no user.
+/// The rate-limit counter a request counts against: on signed-in routes the verified user;
+/// on public and webhook routes the client address whether or not a token came along (any
+/// valid token of any account would otherwise open a fresh budget). IPv6 clients are counted
+/// by their /64, the block one subscriber gets.
 pub fn rate_key(route: &Route, identity: Option<&Identity>, client: Option<IpAddr>) -> String {
+    let by_user = route.access() == Some(crate::policy::Access::SignedIn);
     let who = match (identity, client) {
-        (Some(id), _) => format!("u:{}", id.user_id),
-        (None, Some(ip)) => format!("ip:{ip}"),
-        (None, None) => "ip:unknown".to_string(),
+        (Some(id), _) if by_user => format!("u:{}", id.user_id),
+        (_, Some(IpAddr::V6(v6))) => {
+            let s = v6.segments();
+            format!("ip6:{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
+        }
+        (_, Some(ip)) => format!("ip:{ip}"),
+        (_, None) => "ip:unknown".to_string(),
     };
     format!("{}:{who}", route.name)
+}
+
+/// A protocol upgrade request (WebSocket, h2c): after a 101 the connection is a tunnel.
+pub fn is_upgrade(headers: &HeaderMap) -> bool {
+    headers.contains_key(http::header::UPGRADE)
 }
 
 /// Bytes of the request head as Portier counts them for `limits.max_header_bytes`.
@@ -174,5 +196,40 @@ mod tests {
             Some(ip("10.0.0.2"))
         );
         assert_eq!(client_ip(None, Some("1.2.3.4"), &lb), None);
+    }
+
+    fn route(src: &str) -> crate::policy::PolicySet {
+        crate::policy::PolicySet::compile(
+            &[(std::path::PathBuf::from("p.toml"), src.to_string())],
+            &["app"],
+        )
+        .expect("compiles")
+    }
+
+    #[test]
+    fn public_routes_count_by_address_even_with_a_token() {
+        let set = route(
+            "[[route]]\nname = \"pub\"\npath = \"/p\"\nmethods = [\"GET\"]\nupstream = \"app\"\naccess = \"public\"\n\n[[route]]\nname = \"me\"\npath = \"/m\"\nmethods = [\"GET\"]\nupstream = \"app\"\n",
+        );
+        let mut claims = serde_json::Map::new();
+        claims.insert("sub".into(), "user_a".into());
+        claims.insert("sid".into(), "sess_a".into());
+        claims.insert("exp".into(), 4_000_000_000i64.into());
+        let id = Identity::from_claims(claims).expect("identity");
+        let v4 = Some(ip("203.0.113.5"));
+        assert_eq!(
+            rate_key(&set.routes[0], Some(&id), v4),
+            "pub:ip:203.0.113.5"
+        );
+        assert_eq!(rate_key(&set.routes[1], Some(&id), v4), "me:u:user_a");
+        // Every address of one /64 shares a budget.
+        let a = rate_key(&set.routes[0], None, Some(ip("2001:db8:1:2::1")));
+        let b = rate_key(&set.routes[0], None, Some(ip("2001:db8:1:2:ffff::9")));
+        assert_eq!(a, b);
+        assert_eq!(a, "pub:ip6:2001:db8:1:2::/64");
+        assert_ne!(
+            a,
+            rate_key(&set.routes[0], None, Some(ip("2001:db8:1:3::1")))
+        );
     }
 }

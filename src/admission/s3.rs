@@ -13,7 +13,7 @@ use crate::policy::{
     RouteKind,
 };
 use crate::s3::front::{list_query, object_path, PresignMethod, PresignRequest};
-use crate::s3::{canonical_key, kind_folder, KeyError};
+use crate::s3::{canonical_key, kind_folder, KeyError, PresignExtras};
 
 /// An admitted operation on an object route.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -82,18 +82,38 @@ fn unsupported(headers: &HeaderMap) -> bool {
         || !h("x-amz-decoded-content-length").is_empty()
 }
 
+/// The parts of an object-route request the operation depends on.
+#[derive(Debug, Clone, Copy)]
+pub struct ObjectRequest<'a> {
+    pub method: &'a str,
+    /// The path as the client sent it, before canonicalisation.
+    pub raw_path: &'a str,
+    pub query: Option<&'a str>,
+    pub headers: &'a HeaderMap,
+    pub identity: Option<&'a Identity>,
+}
+
 /// The operation an object-route request performs, once policy allowed it.
 pub fn operation(
     obj: &ObjectRoute,
     key: Option<Result<String, KeyError>>,
-    method: &str,
-    query: Option<&str>,
-    headers: &HeaderMap,
-    identity: Option<&Identity>,
+    req: &ObjectRequest<'_>,
     default_limit: u64,
 ) -> Result<S3Op, Reason> {
+    let ObjectRequest {
+        method,
+        raw_path,
+        query,
+        headers,
+        identity,
+    } = *req;
     if unsupported(headers) {
         return Err(Reason::OperationNotSupported);
+    }
+    // Canonicalisation collapses `//`, so `user_a//images/x` would be stored as another key
+    // than the one asked for: refuse it like the other ambiguous keys.
+    if raw_path.contains("//") {
+        return Err(Reason::BadKey);
     }
     let key = match key {
         None => None,
@@ -142,17 +162,26 @@ pub struct PresignGrant {
     pub method: PresignMethod,
     pub key: String,
     pub expires_in: Option<u64>,
+    /// Headers and query parameters the URL binds.
+    pub extras: PresignExtras,
 }
 
 /// Decides `POST .../presigned-url`: the object route's own policy decides, for the method
-/// and key asked, exactly as for a direct request.
+/// and key asked, exactly as for a direct request. A URL goes straight to the store, so what
+/// Portier would check on the bytes is bound into the URL instead: an upload's exact length
+/// (at most the kind's limit) and media type (one of the kind's types), and a download of a
+/// kind whose types are not checked is served as an attachment, never rendered.
 pub fn presign(
     set: &PolicySet,
     presign_route: &Route,
     body: &[u8],
     authn: &Authn,
+    default_limit: u64,
 ) -> Result<PresignGrant, Reason> {
     let ask: PresignRequest = serde_json::from_slice(body).map_err(|_| Reason::BadRequest)?;
+    if ask.expires_in == Some(0) {
+        return Err(Reason::BadRequest);
+    }
     let key = canonical_key(&ask.key).map_err(|_| Reason::BadKey)?;
     let RouteKind::S3Presign { target, .. } = presign_route.kind else {
         return Err(Reason::Internal);
@@ -174,9 +203,54 @@ pub fn presign(
     if let Decision::Deny(reason) = evaluate(&m, &path, &facts, authn, &mut NoTrace) {
         return Err(reason);
     }
+    let RouteKind::S3Object(obj) = &m.route.kind else {
+        return Err(Reason::Internal);
+    };
+    let rule = kind_folder(&key).and_then(|k| obj.kinds.get(k));
+    let types = rule.map(|r| r.content_types.as_slice()).unwrap_or_default();
+    let mut extras = PresignExtras::default();
+    match ask.method {
+        PresignMethod::Put => {
+            let limit = rule
+                .and_then(|r| r.max_body_bytes)
+                .or(m.route.max_body_bytes)
+                .unwrap_or(default_limit);
+            let length = ask.content_length.ok_or(Reason::LengthRequired)?;
+            if length > limit {
+                return Err(Reason::BodyTooLarge);
+            }
+            extras
+                .headers
+                .push(("content-length".into(), length.to_string()));
+            match (&ask.content_type, types.is_empty()) {
+                (Some(ct), false) => {
+                    if !types.iter().any(|t| t.mime() == ct) {
+                        return Err(Reason::UnsupportedMediaType);
+                    }
+                    extras.headers.push(("content-type".into(), ct.clone()));
+                }
+                (None, false) => return Err(Reason::UnsupportedMediaType),
+                (Some(ct), true) => {
+                    if http::HeaderValue::from_str(ct).is_err() {
+                        return Err(Reason::BadRequest);
+                    }
+                    extras.headers.push(("content-type".into(), ct.clone()));
+                }
+                (None, true) => {}
+            }
+        }
+        PresignMethod::Get => {
+            if types.is_empty() {
+                extras
+                    .query
+                    .push(("response-content-disposition".into(), "attachment".into()));
+            }
+        }
+    }
     Ok(PresignGrant {
         method: ask.method,
         key,
         expires_in: ask.expires_in,
+        extras,
     })
 }

@@ -1,6 +1,18 @@
-//! Finding the session token in a request, exactly as Clerk's SDK does: the `Authorization`
-//! header wins outright (cookies are then not looked at); otherwise the `__session` cookie or
-//! its suffixed form `__session_<suffix>`.
+//! Finding the session token in a request, as Clerk's SDK does, minus its ambiguities: the
+//! `Authorization` header wins outright (cookies are then not looked at); otherwise the
+//! session cookie. Which cookie is the session is decided without guessing:
+//!
+//! - with this instance's suffix known (`clerk.publishable_key` or `clerk.cookie_suffix`),
+//!   `__session_<suffix>` is read first, as Clerk reads its own suffixed name first, and plain
+//!   `__session` only when the suffixed one is absent;
+//! - without it, only plain `__session` is read: a suffixed cookie could belong to any Clerk
+//!   app on the domain, and preferring it let a cookie tossed from a sibling subdomain make a
+//!   victim act as the attacker;
+//! - the chosen name present twice with different values (a cookie set for a parent domain
+//!   next to the app's own) is refused as a conflict rather than resolved by order.
+//!
+//! Cookies are parsed as bytes: a header that is not UTF-8 is still read (its cookie values
+//! are), so the extractor and the credential stripper never disagree about what is there.
 
 /// Where the token was found; page pass-through applies to cookies only.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -9,60 +21,104 @@ pub enum TokenSource {
     Cookie,
 }
 
-/// The token and where it came from, or `None` when the request carries none.
-///
-/// `cookie_suffix` is the `__session_<suffix>` suffix of this Clerk instance when known; when
-/// it is not, any 8-character base64url suffix is accepted. A suffixed cookie is preferred over
-/// the plain one, because several Clerk apps on one domain each set their own.
+/// The request carries two different session cookies of the chosen name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the request carries conflicting session cookies")]
+pub struct CookieConflict;
+
+/// One `name=value` pair of a `Cookie` header, as bytes, trimmed.
+pub fn cookie_pairs(header: &[u8]) -> impl Iterator<Item = (&[u8], &[u8])> {
+    header.split(|&b| b == b';').filter_map(|pair| {
+        let pair = pair.trim_ascii();
+        let eq = pair.iter().position(|&b| b == b'=')?;
+        let (name, value) = (&pair[..eq], &pair[eq + 1..]);
+        Some((name.trim_ascii(), value.trim_ascii()))
+    })
+}
+
+fn unquote(v: &[u8]) -> &[u8] {
+    v.strip_prefix(b"\"")
+        .and_then(|v| v.strip_suffix(b"\""))
+        .unwrap_or(v)
+}
+
+/// The token and where it came from, `Ok(None)` when the request carries none, or a conflict.
 pub fn extract_token<'a>(
     authorization: Option<&'a [u8]>,
     cookie_headers: impl Iterator<Item = &'a [u8]>,
     cookie_suffix: Option<&str>,
-) -> Option<(&'a str, TokenSource)> {
+) -> Result<Option<(&'a str, TokenSource)>, CookieConflict> {
     if let Some(value) = authorization {
-        let value = std::str::from_utf8(value).ok()?.trim();
+        let Ok(value) = std::str::from_utf8(value) else {
+            return Ok(None);
+        };
+        let value = value.trim();
         if value.eq_ignore_ascii_case("bearer") {
-            return None;
+            return Ok(None);
         }
         let token = match value.split_once(' ') {
             Some((scheme, rest)) if scheme.eq_ignore_ascii_case("bearer") => rest.trim(),
-            Some(_) => return None,
+            Some(_) => return Ok(None),
             None => value,
         };
-        return (!token.is_empty()).then_some((token, TokenSource::Header));
+        return Ok((!token.is_empty()).then_some((token, TokenSource::Header)));
     }
-    let mut plain = None;
+    let suffixed = cookie_suffix.map(|s| format!("__session_{s}"));
+    let mut plain: Option<&'a [u8]> = None;
+    let mut own: Option<&'a [u8]> = None;
     for header in cookie_headers {
-        let Ok(header) = std::str::from_utf8(header) else {
-            continue;
-        };
-        for pair in header.split(';') {
-            let Some((name, value)) = pair.trim().split_once('=') else {
-                continue;
-            };
-            let value = value.trim().trim_matches('"');
+        for (name, value) in cookie_pairs(header) {
+            let value = unquote(value);
             if value.is_empty() {
                 continue;
             }
-            if name == "__session" {
-                plain.get_or_insert(value);
-            } else if let Some(suffix) = name.strip_prefix("__session_") {
-                let accepted = match cookie_suffix {
-                    Some(want) => suffix == want,
-                    None => {
-                        suffix.len() == 8
-                            && suffix
-                                .bytes()
-                                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-                    }
-                };
-                if accepted {
-                    return Some((value, TokenSource::Cookie));
-                }
+            let slot = if name == b"__session" {
+                &mut plain
+            } else if suffixed.as_deref().is_some_and(|s| name == s.as_bytes()) {
+                &mut own
+            } else {
+                continue;
+            };
+            match slot {
+                Some(prev) if *prev != value => return Err(CookieConflict),
+                _ => *slot = Some(value),
             }
         }
     }
-    plain.map(|t| (t, TokenSource::Cookie))
+    let Some(chosen) = own.or(plain) else {
+        return Ok(None);
+    };
+    // A token is ASCII; anything else cannot verify and is treated as no token.
+    Ok(std::str::from_utf8(chosen)
+        .ok()
+        .map(|t| (t, TokenSource::Cookie)))
+}
+
+/// The `__session_<suffix>` suffix Clerk derives from a publishable key: the first 8
+/// characters of the URL-safe base64 of its SHA-1 (`@clerk/shared` `getCookieSuffix`).
+pub fn cookie_suffix_of(publishable_key: &str) -> String {
+    use base64::Engine;
+    let digest = aws_lc_rs::digest::digest(
+        &aws_lc_rs::digest::SHA1_FOR_LEGACY_USE_ONLY,
+        publishable_key.as_bytes(),
+    );
+    let b64 = base64::engine::general_purpose::URL_SAFE.encode(digest.as_ref());
+    b64.chars().take(8).collect()
+}
+
+/// The Frontend API host a publishable key names (`pk_live_` + base64 of `<host>$`).
+pub fn frontend_api_of(publishable_key: &str) -> Option<String> {
+    use base64::Engine;
+    let b64 = publishable_key
+        .strip_prefix("pk_live_")
+        .or_else(|| publishable_key.strip_prefix("pk_test_"))?;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(b64)
+        .or_else(|_| base64::engine::general_purpose::STANDARD_NO_PAD.decode(b64))
+        .ok()?;
+    let text = String::from_utf8(bytes).ok()?;
+    let host = text.strip_suffix('$')?;
+    (!host.is_empty()).then(|| host.to_string())
 }
 
 #[cfg(test)]
@@ -75,6 +131,7 @@ mod tests {
             cookies.iter().map(|c| c.as_bytes()),
             None,
         )
+        .expect("no conflict")
     }
 
     #[test]
@@ -102,10 +159,13 @@ mod tests {
             ex(None, &["a=1; __session=tok; b=2"]),
             Some(("tok", TokenSource::Cookie))
         );
+        // Without a configured suffix a suffixed cookie is not a session: it may be another
+        // app's, or tossed from a sibling subdomain.
         assert_eq!(
             ex(None, &["__session=plain", "__session_AbCd12_-=suffixed"]),
-            Some(("suffixed", TokenSource::Cookie))
+            Some(("plain", TokenSource::Cookie))
         );
+        assert_eq!(ex(None, &["__session_AbCd12_-=suffixed"]), None);
         // Wrong names are not session cookies.
         for wrong in [
             "session=tok",
@@ -120,18 +180,58 @@ mod tests {
     }
 
     #[test]
-    fn configured_suffix_is_exact() {
+    fn configured_suffix_is_exact_and_preferred() {
         let got = extract_token(
             None,
             [b"__session_AAAAAAAA=t".as_slice()].into_iter(),
             Some("BBBBBBBB"),
         );
-        assert_eq!(got, None);
+        assert_eq!(got, Ok(None));
         let got = extract_token(
             None,
-            [b"__session_BBBBBBBB=t".as_slice()].into_iter(),
+            [b"__session=plain; __session_BBBBBBBB=t".as_slice()].into_iter(),
             Some("BBBBBBBB"),
         );
-        assert_eq!(got, Some(("t", TokenSource::Cookie)));
+        assert_eq!(got, Ok(Some(("t", TokenSource::Cookie))));
+    }
+
+    #[test]
+    fn two_values_of_the_session_cookie_are_a_conflict() {
+        let got = extract_token(
+            None,
+            [b"__session=mine".as_slice(), b"__session=tossed".as_slice()].into_iter(),
+            None,
+        );
+        assert_eq!(got, Err(CookieConflict));
+        let got = extract_token(
+            None,
+            [b"__session_BBBBBBBB=a; __session_BBBBBBBB=b".as_slice()].into_iter(),
+            Some("BBBBBBBB"),
+        );
+        assert_eq!(got, Err(CookieConflict));
+        // The same value twice (a cookie sent for two paths) is not a conflict.
+        let got = extract_token(
+            None,
+            [b"__session=same; __session=same".as_slice()].into_iter(),
+            None,
+        );
+        assert_eq!(got, Ok(Some(("same", TokenSource::Cookie))));
+    }
+
+    #[test]
+    fn cookie_headers_that_are_not_utf8_are_still_read() {
+        let header = b"theme=caf\xe9; __session=tok".as_slice();
+        let got = extract_token(None, [header].into_iter(), None);
+        assert_eq!(got, Ok(Some(("tok", TokenSource::Cookie))));
+    }
+
+    #[test]
+    fn suffix_and_frontend_api_from_the_publishable_key() {
+        // The vector observed from @clerk/shared 4.41 for this key.
+        let pk = "pk_live_Y2xlcmsucG9ydGllci50ZXN0JA==";
+        assert_eq!(cookie_suffix_of(pk), "m3jNlIl7");
+        assert_eq!(frontend_api_of(pk).as_deref(), Some("clerk.portier.test"));
+        assert_eq!(frontend_api_of("pk_live_bm90LWEta2V5"), None);
+        assert_eq!(frontend_api_of("sk_live_x"), None);
     }
 }

@@ -253,6 +253,42 @@ impl Checker<'_> {
             }
             s
         });
+        let derived = clerk.publishable_key.map(|pk| {
+            let at = pk.span().start;
+            let pk = pk.into_inner();
+            match crate::auth::token::frontend_api_of(&pk) {
+                None => self.err(
+                    at,
+                    "clerk.publishable_key",
+                    "not a Clerk publishable key (pk_live_... or pk_test_...)",
+                ),
+                Some(host) => {
+                    let issuer_host = issuer
+                        .parse::<http::Uri>()
+                        .ok()
+                        .and_then(|u| u.host().map(str::to_string));
+                    if issuer_host.is_some_and(|h| h != host) {
+                        self.err(
+                            at,
+                            "clerk.publishable_key",
+                            format!("names the Frontend API {host}, not the issuer's host"),
+                        );
+                    }
+                }
+            }
+            (at, crate::auth::token::cookie_suffix_of(&pk))
+        });
+        let cookie_suffix = match (cookie_suffix, derived) {
+            (Some(given), Some((at, d))) if given != d => {
+                self.err(
+                    at,
+                    "clerk.cookie_suffix",
+                    format!("the publishable key's suffix is {d:?}: remove cookie_suffix"),
+                );
+                Some(given)
+            }
+            (given, derived) => given.or(derived.map(|(_, d)| d)),
+        };
         let (jwks_source, jwks_timing) = self.jwks(clerk.jwks, base);
         let settings = VerifierSettings {
             issuer,

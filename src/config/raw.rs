@@ -232,6 +232,9 @@ pub(super) struct RawClerk {
     pub(super) token_cache_capacity: u64,
     #[serde(default)]
     pub(super) cookie_suffix: Option<Spanned<String>>,
+    /// The instance's publishable key (public): the session cookie suffix is derived from it.
+    #[serde(default)]
+    pub(super) publishable_key: Option<Spanned<String>>,
     pub(super) jwks: Spanned<RawJwks>,
 }
 

@@ -45,6 +45,8 @@ const BASE64: GeneralPurpose = GeneralPurpose::new(
 pub enum WebhookError {
     #[error("webhook header {0} is missing or empty")]
     MissingHeader(&'static str),
+    #[error("webhook header {0} is sent more than once")]
+    DuplicateHeader(&'static str),
     #[error("webhook timestamp is not an integer")]
     TimestampInvalid,
     #[error("webhook timestamp is {skew_secs}s away from now, beyond the tolerance")]
@@ -61,6 +63,7 @@ impl WebhookError {
     pub fn reason(&self) -> Reason {
         match self {
             WebhookError::MissingHeader(_)
+            | WebhookError::DuplicateHeader(_)
             | WebhookError::NoUsableSignature
             | WebhookError::SignatureMismatch => Reason::WebhookSignatureInvalid,
             WebhookError::TimestampInvalid | WebhookError::TimestampOutOfRange { .. } => {
@@ -209,6 +212,19 @@ impl WebhookHeaders {
             timestamp: get(timestamp)?,
             signature: get(signature)?,
         })
+    }
+
+    /// Reads the headers of a request. A signed header sent twice is refused: which of the
+    /// two a verifier and an upstream would each read is not the same everywhere.
+    pub fn from_header_map(headers: &http::HeaderMap) -> Result<Self, WebhookError> {
+        for family in [HeaderFamily::Svix, HeaderFamily::StandardWebhooks] {
+            for name in family.names() {
+                if headers.get_all(name).iter().count() > 1 {
+                    return Err(WebhookError::DuplicateHeader(name));
+                }
+            }
+        }
+        Self::from_lookup(|n| headers.get(n).and_then(|v| v.to_str().ok()))
     }
 }
 

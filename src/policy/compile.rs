@@ -160,6 +160,8 @@ pub enum RouteKind {
         mode: Mode,
         /// A Next.js page: expired-cookie navigations pass through signed out.
         page: bool,
+        /// WebSocket upgrades are accepted; after the 101 the connection is a tunnel.
+        websocket: bool,
     },
     /// Forwarded after a Standard Webhooks signature check; no session is involved.
     Webhook { webhook: String },
@@ -214,6 +216,17 @@ impl Route {
 
     pub fn is_page(&self) -> bool {
         matches!(self.kind, RouteKind::Proxy { page: true, .. })
+    }
+
+    /// Whether a protocol upgrade may be forwarded on this route.
+    pub fn allows_upgrade(&self) -> bool {
+        matches!(
+            self.kind,
+            RouteKind::Proxy {
+                websocket: true,
+                ..
+            }
+        )
     }
 
     pub fn is_public(&self) -> bool {
@@ -569,6 +582,7 @@ impl Compiler<'_> {
                 access,
                 mode: r.mode.map(|m| (m.span().start, m.into_inner())),
                 page: r.page.map(|p| (p.span().start, p.into_inner())),
+                websocket: r.websocket.map(|w| (w.span().start, w.into_inner())),
                 webhook: r.webhook,
                 s3: r.s3.map(|s| (s.span().start, s.into_inner())),
                 presign_for: r.presign_for,
@@ -700,6 +714,9 @@ impl Compiler<'_> {
                 if let Some((at, _)) = k.page {
                     only(diags, at, "route.page", "session routes");
                 }
+                if let Some((at, _)) = k.websocket {
+                    only(diags, at, "route.websocket", "session routes to an app");
+                }
                 let webhook = match k.webhook {
                     Some(w) => {
                         let at = w.span().start;
@@ -745,6 +762,7 @@ impl Compiler<'_> {
                     access,
                     mode: k.mode.map(|(_, m)| m).unwrap_or(Mode::Enforce),
                     page: k.page.is_some_and(|(_, p)| p),
+                    websocket: k.websocket.is_some_and(|(_, w)| w),
                 })
             }
             (_, Some((s3_at, mode))) => {
@@ -767,6 +785,9 @@ impl Compiler<'_> {
                 }
                 if let Some((at, _)) = k.page {
                     only(diags, at, "route.page", "session routes to an app");
+                }
+                if let Some((at, _)) = k.websocket {
+                    only(diags, at, "route.websocket", "session routes to an app");
                 }
                 if let Some(at) = k.timeout {
                     self.err(
@@ -888,6 +909,7 @@ struct KindInput<'a> {
     access: Option<(usize, RawAccess)>,
     mode: Option<(usize, Mode)>,
     page: Option<(usize, bool)>,
+    websocket: Option<(usize, bool)>,
     webhook: Option<Spanned<String>>,
     s3: Option<(usize, S3Mode)>,
     presign_for: Option<Spanned<String>>,

@@ -80,6 +80,47 @@ fn same_rules(a: &Route, b: &Route) -> bool {
         && std::mem::discriminant(&a.kind) == std::mem::discriminant(&b.kind)
 }
 
+/// Next.js page data (`/_next/data/<build>/<page>.json`, and what an App Router RSC request
+/// names) belongs to its page: a public tail route that takes it skips the page's rules.
+fn lint_page_data(set: &PolicySet, out: &mut Diagnostics) {
+    let mut reported = HashSet::new();
+    for page in set.routes.iter().filter(|r| r.is_page() && !r.is_public()) {
+        let mut p = String::from("/_next/data/~build~");
+        for (i, seg) in page.segs.iter().enumerate() {
+            p.push('/');
+            match seg {
+                PatSeg::Static(s) => p.push_str(s),
+                PatSeg::Param(_) | PatSeg::Tail(_) => p.push_str(&format!("{FRESH}{i}")),
+            }
+        }
+        if page.segs.is_empty() {
+            p.push_str("/index");
+        }
+        p.push_str(".json");
+        let Some(w) = set.winner("GET", &p) else {
+            continue;
+        };
+        let public = &set.routes[w];
+        if public.is_public() && reported.insert((w, page.name.as_str())) {
+            out.push(
+                Diagnostic::line(
+                    &public.file,
+                    public.line,
+                    "route.path",
+                    format!(
+                        "public route {:?} covers the Next.js page data of {:?} ({}): the page's rules would be skipped; make only /_next/static and /_next/image public",
+                        public.name,
+                        page.name,
+                        p.replace(FRESH, "x").replace("~build~", "<build>")
+                    ),
+                )
+                .warning()
+                .code("public_page_data"),
+            );
+        }
+    }
+}
+
 /// Every lint: the structural ones and undeclared plan/feature names.
 pub fn lint(set: &PolicySet, declared: &Declared) -> Diagnostics {
     let mut out = lint_structure(set);
@@ -87,9 +128,10 @@ pub fn lint(set: &PolicySet, declared: &Declared) -> Diagnostics {
     out
 }
 
-/// Lints about how routes relate (shadowing, overlaps, public writes).
+/// Lints about how routes relate (shadowing, overlaps, public writes, page data).
 pub fn lint_structure(set: &PolicySet) -> Diagnostics {
     let mut out = Diagnostics::default();
+    lint_page_data(set, &mut out);
     let max_depth = set.routes.iter().map(|r| r.segs.len()).max().unwrap_or(0);
     let mut overlap_reported = HashSet::new();
     // Candidates for overlap by first segment: a path can only match patterns whose first
@@ -265,6 +307,42 @@ upstream = "app"
         );
         assert!(out.contains("[shadowed_route]"), "{out}");
         assert_eq!(out.matches("shadowed_route").count(), 1, "{out}");
+    }
+
+    #[test]
+    fn a_public_tail_route_over_page_data_is_reported() {
+        let out = lints(
+            r#"
+[[route]]
+name = "next"
+path = "/_next/{rest..}"
+methods = ["GET"]
+upstream = "app"
+access = "public"
+
+[[route]]
+name = "dashboard"
+path = "/dashboard/{rest..}"
+methods = ["GET"]
+upstream = "app"
+page = true
+
+[[route]]
+name = "home"
+path = "/"
+methods = ["GET"]
+upstream = "app"
+page = true
+access = "public"
+"#,
+            &Declared::default(),
+        );
+        assert!(
+            out.contains("l.toml:3:1: warning: route.path: public route \"next\" covers the Next.js page data of \"dashboard\" (/_next/data/<build>/dashboard/x1.json)"),
+            "{out}"
+        );
+        assert!(out.contains("[public_page_data]"), "{out}");
+        assert_eq!(out.matches("public_page_data").count(), 1, "{out}");
     }
 
     #[test]

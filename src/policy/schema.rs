@@ -53,6 +53,8 @@ pub struct RawRoute {
     pub access: Option<Spanned<RawAccess>>,
     pub mode: Option<Spanned<Mode>>,
     pub page: Option<Spanned<bool>>,
+    /// The route accepts WebSocket upgrades (authorized like any request).
+    pub websocket: Option<Spanned<bool>>,
     pub requirements: RawRequirements,
     /// Requirements evaluated and logged but not enforced.
     pub shadow: Option<Spanned<RawRequirements>>,
@@ -127,6 +129,7 @@ pub const ROUTE_KEYS: &[&str] = &[
     "access",
     "mode",
     "page",
+    "websocket",
     "plan",
     "feature",
     "org_role",
@@ -190,6 +193,7 @@ impl Reader<'_> {
                 "access" => r.access = self.take(&path, v),
                 "mode" => r.mode = self.take(&path, v),
                 "page" => r.page = self.take(&path, v),
+                "websocket" => r.websocket = self.take(&path, v),
                 "plan" => r.requirements.plan = self.take(&path, v),
                 "feature" => r.requirements.feature = self.take(&path, v),
                 "org_role" => r.requirements.org_role = self.take(&path, v),

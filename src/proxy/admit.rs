@@ -9,7 +9,7 @@ use pingora::protocols::l4::socket::SocketAddr as PingoraAddr;
 use pingora::proxy::Session;
 use pingora::{Error, ErrorType, Result};
 
-use super::body::{read_bounded, sniff};
+use super::body::{continue_if_expected, read_bounded, sniff};
 use super::ctx::{Ctx, S3Call};
 use super::Portier;
 use crate::admission::{
@@ -130,6 +130,18 @@ impl Portier {
         if let Some(refusal) = self.rate_limit(session, ctx, &live, route).await {
             return Ok(Err(refusal));
         }
+        if admission::is_upgrade(&session.req_header().headers) {
+            if !route.allows_upgrade() {
+                return Ok(Err(Reason::UpgradeNotAllowed.into()));
+            }
+            // After the 101 the bytes are the tunnel's, not a body to limit.
+            ctx.body_limit = None;
+            self.0
+                .metrics
+                .upgrades
+                .with_label_values(&[route.name.as_str()])
+                .inc();
+        }
         match &route.kind {
             RouteKind::Proxy { .. } => self.forward(session, ctx, &canonical, route),
             RouteKind::Webhook { webhook } => {
@@ -242,18 +254,18 @@ impl Portier {
             return Ok(Err(Reason::Internal.into()));
         };
         let req = session.req_header();
-        let op = match admission::s3::operation(
-            obj,
-            key,
-            req.method.as_str(),
-            req.uri.query(),
-            &req.headers,
-            ctx.identity.as_deref(),
-            default_limit,
-        ) {
+        let object_request = admission::s3::ObjectRequest {
+            method: req.method.as_str(),
+            raw_path: req.uri.path(),
+            query: req.uri.query(),
+            headers: &req.headers,
+            identity: ctx.identity.as_deref(),
+        };
+        let op = match admission::s3::operation(obj, key, &object_request, default_limit) {
             Ok(op) => op,
             Err(reason) => return Ok(Err(reason.into())),
         };
+        let mut store_type = None;
         if let S3Op::Put {
             limit,
             sniff: types,
@@ -262,12 +274,22 @@ impl Portier {
         {
             ctx.body_limit = Some(*limit);
             if !types.is_empty() {
+                ctx.continue_sent |= continue_if_expected(session).await?;
                 let head = sniff(session, ContentType::SNIFF_LEN).await?;
-                if ContentType::detect(types, &head).is_none() {
-                    return Ok(Err(Reason::UnsupportedMediaType.into()));
+                match ContentType::detect(types, &head) {
+                    Some(t) => store_type = Some(t.mime()),
+                    None => return Ok(Err(Reason::UnsupportedMediaType.into())),
                 }
             }
         }
+        let inline_types = match op.key().and_then(crate::s3::kind_folder) {
+            Some(kind) => obj
+                .kinds
+                .get(kind)
+                .map(|r| r.content_types.iter().map(|t| t.mime()).collect())
+                .unwrap_or_default(),
+            None => Vec::new(),
+        };
         let target = &backend.config.target;
         let uri = match &op {
             S3Op::List { query } => target.bucket_uri(query),
@@ -281,6 +303,8 @@ impl Portier {
             method: op.method(),
             operation: op.name(),
             uri,
+            store_type,
+            inline_types,
         });
         Ok(Ok(Admitted::Proxy))
     }
@@ -297,11 +321,14 @@ impl Portier {
             log::error!("an s3 route is configured but [s3] is not");
             return Ok(Err(Reason::Internal.into()));
         };
+        continue_if_expected(session).await?;
         let body = match read_bounded(session, MAX_PRESIGN_BODY, false).await? {
             Ok(b) => b,
             Err(_) => return Ok(Err(Reason::BodyTooLarge.into())),
         };
-        let grant = match admission::s3::presign(&live.policies, route, &body, authn) {
+        let default_limit = live.config.limits.max_body_bytes;
+        let grant = match admission::s3::presign(&live.policies, route, &body, authn, default_limit)
+        {
             Ok(g) => g,
             Err(reason) => return Ok(Err(reason.into())),
         };
@@ -312,13 +339,14 @@ impl Portier {
             .unwrap_or(cfg.presign_default)
             .min(cfg.presign_max);
         let method = grant.method.as_str();
-        let url = match crate::s3::presign(
+        let url = match crate::s3::presign_with(
             &backend.credentials,
             &cfg.target,
             method,
             &grant.key,
             expires,
             SystemTime::now(),
+            &grant.extras,
         ) {
             Ok(u) => u,
             Err(e) => {
@@ -349,9 +377,8 @@ impl Portier {
             log::error!("webhook {name:?} has no secrets loaded");
             return Ok(Err(Reason::Internal));
         };
-        let req = session.req_header();
-        let headers =
-            WebhookHeaders::from_lookup(|n| req.headers.get(n).and_then(|v| v.to_str().ok()));
+        let headers = WebhookHeaders::from_header_map(&session.req_header().headers);
+        ctx.continue_sent |= continue_if_expected(session).await?;
         let body = match read_bounded(session, limit.min(MAX_WEBHOOK_BODY), true).await? {
             Ok(b) => b,
             Err(_) => return Ok(Err(Reason::BodyTooLarge)),

@@ -4,6 +4,22 @@
 use pingora::proxy::Session;
 use pingora::{Error, ErrorType, Result};
 
+/// Answers `Expect: 100-continue` before Portier itself reads the body: a client that asked
+/// waits for the 100 before it sends a byte (curl for a second, some clients for ever).
+/// Returns whether a 100 was sent, so the upstream is not asked to send another.
+pub(super) async fn continue_if_expected(session: &mut Session) -> Result<bool> {
+    let expects = session
+        .req_header()
+        .headers
+        .get(http::header::EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    if expects && !session.is_body_done() {
+        session.write_continue_response().await?;
+        return Ok(true);
+    }
+    Ok(false)
+}
+
 /// The body was longer than the caller allows.
 pub(super) struct TooLarge;
 

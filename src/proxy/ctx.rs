@@ -12,6 +12,12 @@ pub struct S3Call {
     pub method: &'static str,
     pub operation: &'static str,
     pub uri: http::Uri,
+    /// The media type an upload is stored with: the one its first bytes are, for kinds that
+    /// check types (never the client's word).
+    pub store_type: Option<&'static str>,
+    /// Media types a download may be shown inline as (the kind's checked types); anything
+    /// else is served as an attachment.
+    pub inline_types: Vec<&'static str>,
 }
 
 /// Per-request state, carried from phase to phase.
@@ -40,6 +46,8 @@ pub struct Ctx {
     /// A store error being replaced by a JSON answer: the reason, the store's status, and the
     /// store's error document collected for the log.
     pub(super) s3_error: Option<(Reason, u16, Vec<u8>)>,
+    /// Portier answered `Expect: 100-continue` itself (it read the body before forwarding).
+    pub(super) continue_sent: bool,
 }
 
 impl Ctx {

@@ -32,7 +32,8 @@ use pingora::{Error, ErrorSource, ErrorType, Result};
 
 pub use ctx::Ctx;
 
-use crate::admission::upstream::prepare_upstream_headers;
+use crate::admission::client_ip;
+use crate::admission::upstream::{prepare_upstream_headers, Forwarding};
 use crate::config::Credentials;
 use crate::decision_log::{rfc3339_now, DecisionRecord};
 use crate::error::Reason;
@@ -116,7 +117,8 @@ impl ProxyHttp for Portier {
         resp: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        if ctx.s3.is_some() {
+        if let Some(call) = &ctx.s3 {
+            s3::download_headers(resp, call)?;
             if let Some(reason) = s3::map_response(resp, ctx)? {
                 if reason.status() >= 500 {
                     self.0
@@ -178,10 +180,13 @@ impl ProxyHttp for Portier {
         if let Some(call) = &ctx.s3 {
             let live = ctx.live.as_ref().ok_or_else(no_s3)?;
             let backend = live.s3.as_ref().ok_or_else(no_s3)?;
-            return s3::sign(backend, upstream_request, call);
+            return s3::sign(backend, upstream_request, call, ctx.continue_sent);
         }
         if let Some(uri) = ctx.forward.take() {
             upstream_request.set_uri(uri);
+        }
+        if ctx.continue_sent {
+            upstream_request.remove_header(&http::header::EXPECT);
         }
         let credentials = ctx
             .upstream
@@ -191,24 +196,32 @@ impl ProxyHttp for Portier {
             Some(live) => live.guard.clone(),
             None => self.0.live().guard.clone(),
         };
+        let peer = session
+            .client_addr()
+            .and_then(PingoraAddr::as_inet)
+            .map(|a| a.ip());
+        let trusted = ctx
+            .live
+            .as_ref()
+            .map(|l| l.config.trusted_proxies.as_slice())
+            .unwrap_or_default();
+        let xff = session
+            .req_header()
+            .headers
+            .get("x-forwarded-for")
+            .and_then(|v| v.to_str().ok());
+        let fwd = Forwarding {
+            peer,
+            client: client_ip(peer, xff, trusted),
+            trusted,
+        };
         prepare_upstream_headers(
             upstream_request,
             &guard,
             credentials,
             ctx.identity.as_deref(),
+            fwd,
         )?;
-        if let Some(addr) = session.client_addr().and_then(PingoraAddr::as_inet) {
-            let ip = addr.ip().to_string();
-            let xff = match upstream_request
-                .headers
-                .get("x-forwarded-for")
-                .and_then(|v| v.to_str().ok())
-            {
-                Some(prev) => format!("{prev}, {ip}"),
-                None => ip,
-            };
-            upstream_request.insert_header("x-forwarded-for", xff)?;
-        }
         Ok(())
     }
 

@@ -14,15 +14,28 @@ use crate::s3::{sign_headers, Payload};
 /// Turns an admitted S3 request into the store's request: only allow-listed client headers
 /// stay (no Authorization, cookie, identity or other `x-amz-*` header), the URI is the
 /// bucket's, and a fresh SigV4 signature over `UNSIGNED-PAYLOAD` lets the body stream.
-pub(super) fn sign(backend: &S3Backend, req: &mut RequestHeader, call: &S3Call) -> Result<()> {
+pub(super) fn sign(
+    backend: &S3Backend,
+    req: &mut RequestHeader,
+    call: &S3Call,
+    continue_sent: bool,
+) -> Result<()> {
     let dropped: Vec<http::HeaderName> = req
         .headers
         .keys()
-        .filter(|n| !keep_client_header(n.as_str()))
+        .filter(|n| {
+            !keep_client_header(n.as_str()) || (continue_sent && *n == http::header::EXPECT)
+        })
         .cloned()
         .collect();
     for name in dropped {
         req.remove_header(&name);
+    }
+    if let Some(mime) = call.store_type {
+        // A checked kind is stored as what its bytes are, and never with a disposition the
+        // client chose: a PNG that says text/html would be served back as a page.
+        req.insert_header(http::header::CONTENT_TYPE, mime)?;
+        req.remove_header(&http::header::CONTENT_DISPOSITION);
     }
     let origin_form: http::Uri = call
         .uri
@@ -52,6 +65,30 @@ pub(super) fn sign(backend: &S3Backend, req: &mut RequestHeader, call: &S3Call) 
     for (k, v) in signed {
         req.insert_header(k, v)?;
     }
+    Ok(())
+}
+
+/// A successful download is never rendered as something it was not checked to be:
+/// `nosniff`, and inline only when its type is one of the kind's checked types.
+pub(super) fn download_headers(resp: &mut ResponseHeader, call: &S3Call) -> Result<()> {
+    if !(200..300).contains(&resp.status.as_u16()) || !matches!(call.method, "GET" | "HEAD") {
+        return Ok(());
+    }
+    if call.operation == "ListObjectsV2" {
+        return Ok(());
+    }
+    let stored = resp
+        .headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .map(|v| v.trim().to_ascii_lowercase());
+    let inline = stored.is_some_and(|t| call.inline_types.contains(&t.as_str()));
+    resp.insert_header("x-content-type-options", "nosniff")?;
+    resp.insert_header(
+        http::header::CONTENT_DISPOSITION,
+        if inline { "inline" } else { "attachment" },
+    )?;
     Ok(())
 }
 

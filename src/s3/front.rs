@@ -113,6 +113,8 @@ pub fn keep_client_header(name: &str) -> bool {
             | "if-none-match"
             | "if-modified-since"
             | "if-unmodified-since"
+            // The store answers it (100 Continue) when Portier did not read the body first.
+            | "expect"
     ) || name.starts_with("x-amz-meta-")
 }
 
@@ -210,7 +212,7 @@ pub fn list_query(user_id: &str, client_query: Option<&str>) -> Result<String, F
 /// (successes, 304, 412, 416, whose meaning the client needs).
 pub fn map_store_status(status: u16) -> Option<Reason> {
     match status {
-        200..=399 | 412 | 416 => None,
+        100..=399 | 412 | 416 => None,
         404 => Some(Reason::NotFound),
         401 | 403 => Some(Reason::UpstreamAuthFailed),
         411 => Some(Reason::LengthRequired),
@@ -238,6 +240,12 @@ pub struct PresignRequest {
     pub method: PresignMethod,
     #[serde(default)]
     pub expires_in: Option<u64>,
+    /// For `PUT`: the media type the upload will have (signed into the URL).
+    #[serde(default)]
+    pub content_type: Option<String>,
+    /// For `PUT`: the exact length of the upload (signed into the URL).
+    #[serde(default)]
+    pub content_length: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

@@ -16,8 +16,8 @@ pub use key::{
     owned_by, KeyError, MAX_KEY_BYTES,
 };
 pub use sign::{
-    is_signed_header, presign, query_string, sign_headers, Addressing, Credentials, EnvNames,
-    Payload, S3Target, SignError, MAX_PRESIGN_EXPIRY,
+    is_signed_header, presign, presign_with, query_string, sign_headers, Addressing, Credentials,
+    EnvNames, Payload, PresignExtras, S3Target, SignError, MAX_PRESIGN_EXPIRY,
 };
 pub use store::{generate_keys, start, EmbeddedStore, StoreError};
 

@@ -510,6 +510,37 @@ pub fn presign(
     expires: Duration,
     now: SystemTime,
 ) -> Result<String, SignError> {
+    presign_with(
+        creds,
+        target,
+        method,
+        key,
+        expires,
+        now,
+        &PresignExtras::default(),
+    )
+}
+
+/// What a presigned URL binds besides method, key and expiry.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PresignExtras {
+    /// Request headers signed into the URL: the store refuses a request without exactly
+    /// these values (`content-type`, `content-length` of a direct upload).
+    pub headers: Vec<(String, String)>,
+    /// Query parameters signed into the URL (`response-content-disposition` of a download).
+    pub query: Vec<(String, String)>,
+}
+
+/// [`presign`] with signed headers and query parameters.
+pub fn presign_with(
+    creds: &Credentials,
+    target: &S3Target,
+    method: &str,
+    key: &str,
+    expires: Duration,
+    now: SystemTime,
+    extras: &PresignExtras,
+) -> Result<String, SignError> {
     check_method(method)?;
     if key.is_empty() {
         return Err(SignError::EmptyKey);
@@ -533,21 +564,35 @@ pub fn presign(
         .build()
         .map_err(signing_error)?
         .into();
-    let url = uri.to_string();
+    let base = uri.to_string();
+    let extra_query: Vec<(&str, &str)> = extras
+        .query
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    let url = if extra_query.is_empty() {
+        base.clone()
+    } else {
+        format!("{base}?{}", query_string(&extra_query))
+    };
+    let headers = std::iter::once(("host", host.as_str()))
+        .chain(extras.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())));
     let request = SignableRequest::new(
         method,
         Cow::Borrowed(url.as_str()),
-        std::iter::once(("host", host.as_str())),
+        headers,
         SignableBody::UnsignedPayload,
     )
     .map_err(signing_error)?;
     let (instructions, _signature) = sign(request, &params).map_err(signing_error)?.into_parts();
-    let query = instructions
-        .params()
-        .iter()
-        .map(|(name, value)| (*name, value.as_ref()))
-        .collect::<Vec<_>>();
-    Ok(format!("{url}?{}", query_string(&query)))
+    let mut query = extra_query;
+    query.extend(
+        instructions
+            .params()
+            .iter()
+            .map(|(name, value)| (*name, value.as_ref())),
+    );
+    Ok(format!("{base}?{}", query_string(&query)))
 }
 
 #[cfg(test)]

@@ -12,4 +12,5 @@ mod ops;
 mod paths;
 mod proxying;
 mod s3;
+mod security;
 mod shipped;

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use crate::common::*;
+use crate::shipped::{replace_file, Shipped};
 
 /// Parses Prometheus text into `name{labels}` -> value.
 fn scrape(admin: std::net::SocketAddr) -> BTreeMap<String, f64> {
@@ -29,29 +30,13 @@ fn metric(m: &BTreeMap<String, f64>, key: &str) -> f64 {
     m.get(key).copied().unwrap_or(0.0)
 }
 
-/// Replaces a file atomically (write + rename), as editors and config management do.
-fn replace_file(path: &std::path::Path, text: &str) {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, text).expect("write");
-    std::fs::rename(&tmp, path).expect("rename");
-}
-
-fn reload_counts(p: &Portier) -> (u64, u64) {
-    let m = &p.gateway.metrics.reloads;
-    (
-        m.with_label_values(&["ok"]).get(),
-        m.with_label_values(&["error"]).get(),
-    )
-}
-
+/// On the shipped shape (its bucket included), so a reload bug in what users run shows here.
 #[test]
 fn hundred_reloads_under_load_never_fail_a_request_or_serve_an_invalid_set() {
-    let admin = free_port();
-    let w = World::start_with(|s| {
-        s.reload_poll_ms = 5;
-        s.admin = Some(admin);
-    });
-    let policy_file = w.portier.dir.0.join("policies/test.toml");
+    let w = Shipped::start(5);
+    let admin = w.admin;
+    let policy_file = w.policy_file("api.toml");
+    let original = std::fs::read_to_string(&policy_file).expect("api.toml");
     let addr = w.portier.addr;
     let auth = bearer(&token("user_load"));
     let stop = Arc::new(AtomicBool::new(false));
@@ -80,24 +65,26 @@ fn hundred_reloads_under_load_never_fail_a_request_or_serve_an_invalid_set() {
             })
         })
         .collect();
+    let secret = "[[route]]\nname = \"secret\"\npath = \"/secret\"\nmethods = [\"GET\"]\nupstream = \"flask\"\naccess = \"public\"\n";
     let invalid_edits = [
         // Valid TOML and routes, but an unknown upstream: the whole set is refused.
-        "[[route]]\nname = \"secret\"\npath = \"/secret\"\nmethods = [\"GET\"]\nupstream = \"app\"\naccess = \"public\"\n\n[[route]]\nname = \"x\"\npath = \"/x\"\nmethods = [\"GET\"]\nupstream = \"nope\"\n",
+        format!("{original}\n{secret}\n[[route]]\nname = \"x\"\npath = \"/x\"\nmethods = [\"GET\"]\nupstream = \"nope\"\n"),
         // A syntax error after an opening route.
-        "[[route]]\nname = \"secret\"\npath = \"/secret\"\nmethods = [\"GET\"]\nupstream = \"app\"\naccess = \"public\"\n[[route\n",
+        format!("{original}\n{secret}[[route\n"),
     ];
+    let counts = |w: &Shipped| (w.reloads("ok"), w.reloads("error"));
     for i in 0..100 {
-        let before = reload_counts(&w.portier);
+        let before = counts(&w);
         let invalid = i % 10 == 9;
         let text = if invalid {
-            invalid_edits[(i / 10) % 2].to_string()
+            invalid_edits[(i / 10) % 2].clone()
         } else {
-            format!("# edit {i}\n{TEST_POLICIES}")
+            format!("# edit {i}\n{original}")
         };
         replace_file(&policy_file, &text);
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            let now = reload_counts(&w.portier);
+            let now = counts(&w);
             if now != before {
                 let want = if invalid {
                     (before.0, before.1 + 1)
@@ -125,7 +112,7 @@ fn hundred_reloads_under_load_never_fail_a_request_or_serve_an_invalid_set() {
         "load ran: {}",
         sent.load(Ordering::SeqCst)
     );
-    assert_eq!(reload_counts(&w.portier), (90, 10));
+    assert_eq!(counts(&w), (90, 10));
     assert_eq!(w.portier.gateway.live().generation, 91);
     let m = scrape(admin);
     assert_eq!(
@@ -141,31 +128,33 @@ fn hundred_reloads_under_load_never_fail_a_request_or_serve_an_invalid_set() {
 
 #[test]
 fn sighup_and_config_changes_reload_and_report_restarts() {
-    let w = World::start();
-    let cfg_path = w.portier.dir.0.join("config.toml");
-    let cfg = std::fs::read_to_string(&cfg_path).expect("read");
+    let w = Shipped::start(0);
     // A live change (azp list) and one that needs a restart (upstream timeout).
-    let edited = cfg
-        .replace(
-            &format!("authorized_parties = [\"{AZP}\"]"),
-            "authorized_parties = [\"https://other.example\"]",
-        )
-        .replace("read_timeout_ms = 500", "read_timeout_ms = 700");
-    replace_file(&cfg_path, &edited);
+    w.edit_config(|t| {
+        t["clerk"]["authorized_parties"] =
+            toml::Value::Array(vec![toml::Value::String("https://other.example".into())]);
+        t["upstreams"]["flask"]["read_timeout_ms"] = toml::Value::Integer(700);
+    });
     let report = runtime()
         .block_on(w.portier.gateway.reload())
         .expect("reload");
     assert_eq!(report.restart_required, vec!["upstreams"]);
     // The new azp list is live: our usual tokens are now minted for another origin.
-    let r = w.get_as("/api/books/1", &token("user_a"));
+    let r = get(
+        w.portier.addr,
+        "/api/books/1",
+        &[("Authorization", &bearer(&token("user_a")))],
+    );
     assert_eq!((r.status, r.reason().as_str()), (401, "azp_mismatch"));
     // A broken config is refused whole; the last good state keeps serving.
-    replace_file(&cfg_path, "[clerk]\nissuer = 5\n");
+    replace_file(&w.config_path, "[clerk]\nissuer = 5\n");
     assert!(runtime().block_on(w.portier.gateway.reload()).is_err());
-    assert_eq!(
-        w.get_as("/api/books/1", &token("user_a")).reason(),
-        "azp_mismatch"
+    let r = get(
+        w.portier.addr,
+        "/api/books/1",
+        &[("Authorization", &bearer(&token("user_a")))],
     );
+    assert_eq!(r.reason(), "azp_mismatch");
 }
 
 fn portier_cli(args: &[&str]) -> std::process::Output {

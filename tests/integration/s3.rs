@@ -435,7 +435,10 @@ fn presigned_urls_work_directly_expire_and_are_refused_for_foreign_keys() {
             false,
         )
     };
+    // A presigned PUT states its length, which is signed into the URL.
     let r = ask(json!({"key": "user_s3a/docs/p.txt", "method": "PUT"}));
+    assert_eq!((r.status, r.reason().as_str()), (411, "length_required"));
+    let r = ask(json!({"key": "user_s3a/docs/p.txt", "method": "PUT", "content_length": 14}));
     assert_eq!(r.status, 200, "{}", r.body);
     let put = r.json();
     assert_eq!(put["expires_in"], 300);
@@ -459,7 +462,7 @@ fn presigned_urls_work_directly_expire_and_are_refused_for_foreign_keys() {
     assert_eq!((r.status, r.reason().as_str()), (403, "not_owner"));
     let r = ask(json!({"key": "user_s3a/../user_s3b/x", "method": "GET"}));
     assert_eq!((r.status, r.reason().as_str()), (400, "bad_key"));
-    let r = ask(json!({"key": "user_s3a/videos/v.mp4", "method": "PUT"}));
+    let r = ask(json!({"key": "user_s3a/videos/v.mp4", "method": "PUT", "content_length": 5}));
     assert_eq!((r.status, r.reason().as_str()), (403, "plan_required"));
     let r = send_body(
         w.portier.addr,
@@ -536,4 +539,187 @@ fn upload_limits_and_content_types() {
     // A kind folder the route does not list.
     let r = w.put("user_s3a/secrets/x.bin", &me, b"x");
     assert_eq!((r.status, r.reason().as_str()), (403, "kind_not_allowed"));
+}
+
+fn raw_to(addr: std::net::SocketAddr, head: &str, body: &[u8]) -> Resp {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    s.write_all(head.as_bytes()).expect("write");
+    s.write_all(body).expect("write");
+    let mut buf = Vec::new();
+    let _ = s.read_to_end(&mut buf);
+    parse(&buf)
+}
+
+/// Finding 7: a PNG that says `text/html` and `inline` was stored and served back as a page.
+/// Checked kinds are stored as what their bytes are; downloads carry `nosniff` and are inline
+/// only for a checked type; presigned downloads of unchecked kinds are attachments.
+#[test]
+fn stored_types_are_the_detected_ones_and_downloads_are_not_rendered() {
+    let w = start(None, false);
+    let me = token("user_s3x");
+    let auth = bearer(&me);
+    let img = png(2000);
+    let r = send_body(
+        w.portier.addr,
+        "PUT",
+        "/api/files/user_s3x/images/x.png",
+        &[
+            ("Authorization", &auth),
+            ("Content-Type", "text/html"),
+            ("Content-Disposition", "inline"),
+        ],
+        &img,
+        false,
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let r = w.get("/api/files/user_s3x/images/x.png", &me, &[]);
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.header("content-type"),
+        Some("image/png"),
+        "{:?}",
+        r.headers
+    );
+    assert_eq!(r.header("x-content-type-options"), Some("nosniff"));
+    assert_eq!(r.header("content-disposition"), Some("inline"));
+    // An unchecked kind keeps the client's type but is never rendered.
+    let r = send_body(
+        w.portier.addr,
+        "PUT",
+        "/api/files/user_s3x/docs/page.html",
+        &[("Authorization", &auth), ("Content-Type", "text/html")],
+        b"<script>alert(1)</script>",
+        false,
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let r = w.get("/api/files/user_s3x/docs/page.html", &me, &[]);
+    assert_eq!(r.header("content-disposition"), Some("attachment"));
+    assert_eq!(r.header("x-content-type-options"), Some("nosniff"));
+    // A presigned download of it is an attachment too: the disposition is signed in.
+    let ask = |v: Value| {
+        send_body(
+            w.portier.addr,
+            "POST",
+            "/api/files/presigned-url",
+            &[
+                ("Authorization", &auth),
+                ("Content-Type", "application/json"),
+            ],
+            v.to_string().as_bytes(),
+            false,
+        )
+    };
+    let r = ask(json!({"key": "user_s3x/docs/page.html", "method": "GET"}));
+    let url = r.json()["url"].as_str().unwrap_or("").to_string();
+    assert!(
+        url.contains("response-content-disposition=attachment"),
+        "{url}"
+    );
+    let d = direct(&url, "GET", b"");
+    assert_eq!(d.status, 200, "{}", d.body);
+    // Presigned uploads of a checked kind state one of its types and an exact length.
+    let r = ask(json!({"key": "user_s3x/images/y.png", "method": "PUT", "content_length": 2000}));
+    assert_eq!(
+        (r.status, r.reason().as_str()),
+        (415, "unsupported_media_type")
+    );
+    let r = ask(
+        json!({"key": "user_s3x/images/y.png", "method": "PUT", "content_length": 2000, "content_type": "text/html"}),
+    );
+    assert_eq!(
+        (r.status, r.reason().as_str()),
+        (415, "unsupported_media_type")
+    );
+    let r = ask(
+        json!({"key": "user_s3x/images/y.png", "method": "PUT", "content_length": 2_000_000, "content_type": "image/png"}),
+    );
+    assert_eq!((r.status, r.reason().as_str()), (413, "body_too_large"));
+    let r = ask(
+        json!({"key": "user_s3x/images/y.png", "method": "PUT", "content_length": 2000, "content_type": "image/png"}),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let url = r.json()["url"].as_str().unwrap_or("").to_string();
+    let rest = url.strip_prefix("http://").expect("http url");
+    let (host, path) = rest.split_once('/').expect("path");
+    let addr: std::net::SocketAddr = host.parse().expect("addr");
+    let put = |len: usize, ct: &str| {
+        let head = format!("PUT /{path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nContent-Type: {ct}\r\nContent-Length: {len}\r\n\r\n");
+        raw_to(addr, &head, &png(len))
+    };
+    // The store itself refuses another length or type than the ones signed.
+    assert_eq!(put(3000, "image/png").status, 403, "another length");
+    assert_eq!(put(2000, "text/html").status, 403, "another type");
+    assert!(!w.object_file("user_s3x/images/y.png").exists());
+    assert_eq!(
+        put(2000, "image/png").status,
+        200,
+        "the signed length and type"
+    );
+    // `expires_in: 0` is a bad request, not a 500.
+    let r = ask(json!({"key": "user_s3x/docs/page.html", "method": "GET", "expires_in": 0}));
+    assert_eq!((r.status, r.reason().as_str()), (400, "bad_request"));
+}
+
+/// Finding 9: `user_x//images/a.png` was stored as `user_x/images/a.png`, another key than
+/// the one asked for.
+#[test]
+fn keys_with_empty_segments_are_refused_not_collapsed() {
+    let w = start(None, false);
+    let me = token("user_s3y");
+    for target in [
+        "/api/files/user_s3y//images/a.png",
+        "/api/files//user_s3y/images/a.png",
+        "/api//files/user_s3y/images/a.png",
+    ] {
+        let auth = bearer(&me);
+        let r = send_body(
+            w.portier.addr,
+            "PUT",
+            target,
+            &[("Authorization", &auth)],
+            &png(100),
+            false,
+        );
+        assert_eq!(
+            (r.status, r.reason().as_str()),
+            (400, "bad_key"),
+            "{target}"
+        );
+    }
+    assert!(!w.object_file("user_s3y/images/a.png").exists());
+}
+
+/// `Expect: 100-continue` (curl above 1 MB, boto3 always) on uploads: answered by Portier when
+/// it reads the first bytes, and by the store otherwise; the upload never stalls.
+#[test]
+fn uploads_with_expect_continue_do_not_stall() {
+    let w = start(None, false);
+    let me = token("user_s3z");
+    for (key, body) in [
+        ("user_s3z/images/e.png", png(5000)),
+        ("user_s3z/docs/e.txt", b"plain text body".to_vec()),
+    ] {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(w.portier.addr).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        let head = format!(
+            "PUT /api/files/{key} HTTP/1.1\r\nHost: portier.test\r\nConnection: close\r\nAuthorization: Bearer {me}\r\nExpect: 100-continue\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        );
+        s.write_all(head.as_bytes()).expect("write");
+        let mut buf = [0u8; 25];
+        let n = s.read(&mut buf).expect("a 100 Continue, not a stall");
+        let first = String::from_utf8_lossy(&buf[..n]).to_string();
+        assert!(first.starts_with("HTTP/1.1 100"), "{key}: {first}");
+        s.write_all(&body).expect("body");
+        let mut rest = Vec::new();
+        let _ = s.read_to_end(&mut rest);
+        let text = String::from_utf8_lossy(&rest);
+        assert!(text.contains(" 200 "), "{key}: {text}");
+        assert_eq!(std::fs::read(w.object_file(key)).expect("stored"), body);
+    }
 }

@@ -479,6 +479,31 @@ fn explain_and_the_proxy_agree_on_every_shipped_policy_case() {
     assert!(checked >= 28, "only {checked} cases");
 }
 
+/// Finding 2: `/_next/{rest..}` also covered `/_next/data/<build>/<page>.json`, the data of a
+/// signed-in or pro page. Only static assets are public on the shipped config.
+#[test]
+fn page_data_is_not_a_public_asset_on_the_shipped_config() {
+    let w = Shipped::start(0);
+    let free = token_with("user_free", json!({"pla": "u:free"}));
+    for (path, tok) in [
+        ("/_next/data/build-1/dashboard/settings.json", None),
+        ("/_next/data/build-1/images/generate.json", Some(&free)),
+    ] {
+        let auth = tok.map(|t| bearer(t));
+        let headers: Vec<(&str, &str)> =
+            auth.iter().map(|a| ("Authorization", a.as_str())).collect();
+        let r = get(w.portier.addr, path, &headers);
+        assert_eq!((r.status, r.reason().as_str()), (404, "no_route"), "{path}");
+    }
+    assert_eq!(w.next.count(), 0, "no page data reached Next.js");
+    for asset in [
+        "/_next/static/chunks/main.js",
+        "/_next/image?url=%2Fa.png&w=64",
+    ] {
+        assert_eq!(get(w.portier.addr, asset, &[]).status, 200, "{asset}");
+    }
+}
+
 impl Shipped {
     fn get_as_status(&self, target: &str, tok: &str) -> u16 {
         get(
