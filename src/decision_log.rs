@@ -27,6 +27,9 @@ pub struct DecisionRecord<'a> {
     /// The S3 operation (`GetObject`, `PutObject`...) of an S3 route.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub operation: Option<&'static str>,
+    /// The kind folder of the key an S3 route touched (`images`, `videos`...).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kind: Option<&'a str>,
     pub latency_us: u64,
     pub policy_generation: u64,
 }

@@ -60,6 +60,8 @@ pub struct ExplainRequest<'a> {
     pub target: &'a str,
     pub headers: &'a [(String, String)],
     pub auth: ExplainAuth,
+    /// The request body, for routes decided on it (presign, the file API's delete).
+    pub body: &'a [u8],
 }
 
 /// What the proxy would run with: the policies, verifier and header guard of a config.
@@ -89,6 +91,7 @@ pub async fn explain_request<F: Fn(&str) -> Credentials>(
         target,
         headers,
         auth,
+        body,
     } = request;
     let mut req = RequestHeader::build(method, target.as_bytes(), None)
         .map_err(|e| ExplainError::Request(e.to_string()))?;
@@ -156,6 +159,20 @@ pub async fn explain_request<F: Fn(&str) -> Credentials>(
     if let Some(r) = route {
         report.route_location = Some(format!("{}:{}", r.file.display(), r.line));
         report.upstream = Some(r.upstream.clone());
+    }
+    // Presign and file API routes decide each key on the body, with the same functions.
+    if let (Some(r), Decision::Allow { .. }) = (route, &ex.decision) {
+        if let Some((check, outcome)) =
+            body_decision(policies, r, body, &req, &authn, max_body_bytes)
+        {
+            match outcome {
+                Ok(()) => ex.steps.push(Step::new(check, true, None)),
+                Err(reason) => {
+                    ex.steps.push(Step::new(check, false, Some(reason)));
+                    ex.decision = Decision::Deny(reason);
+                }
+            }
+        }
     }
     // Object routes: the store operation the proxy would perform, from the same function.
     if let (Some(r), Decision::Allow { identity, .. }) = (route, &ex.decision) {
@@ -233,6 +250,57 @@ pub async fn explain_request<F: Fn(&str) -> Credentials>(
         }
     }
     Ok(report)
+}
+
+/// What a presign or file API route decides on the body (and query), when it is one.
+fn body_decision(
+    policies: &PolicySet,
+    route: &crate::policy::Route,
+    body: &[u8],
+    req: &RequestHeader,
+    authn: &Authn,
+    max_body_bytes: u64,
+) -> Option<(String, Result<(), Reason>)> {
+    use crate::admission::s3;
+    use crate::policy::FileApi;
+    match &route.kind {
+        RouteKind::S3Presign { .. } => Some((
+            "presign request: the key is decided by its object route".into(),
+            s3::presign(policies, route, body, authn, max_body_bytes).map(|_| ()),
+        )),
+        RouteKind::S3Api {
+            api: FileApi::Delete,
+            target,
+            ..
+        } => Some((
+            "delete request: every key is decided by the object route before any is deleted".into(),
+            s3::delete_keys(policies, *target, body, authn).map(|_| ()),
+        )),
+        RouteKind::S3Api {
+            api: FileApi::List,
+            target,
+            ..
+        } => Some((
+            "list request: user_id is the caller, the kind folder is decided by the object route"
+                .into(),
+            s3::list_request(policies, *target, req.uri.query(), authn).map(|_| ()),
+        )),
+        RouteKind::S3Api {
+            api: FileApi::Upload,
+            ..
+        } => {
+            let multipart = req
+                .headers
+                .get(http::header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|ct| multer::parse_boundary(ct).is_ok());
+            Some((
+                "upload: a multipart form; its s3_key is decided by the object route as the file arrives".into(),
+                if multipart { Ok(()) } else { Err(Reason::BadRequest) },
+            ))
+        }
+        _ => None,
+    }
 }
 
 impl ExplainReport {

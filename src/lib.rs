@@ -12,6 +12,7 @@ pub mod dev;
 pub mod diag;
 pub mod error;
 pub mod explain;
+pub mod files;
 pub mod guards;
 pub mod headers;
 pub mod logging;

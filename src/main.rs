@@ -75,6 +75,9 @@ enum Cmd {
         /// A JSON file of claims to use as the verified caller (no signature needed).
         #[arg(long)]
         claims: Option<PathBuf>,
+        /// The request body (`@file` reads a file), for routes decided on it.
+        #[arg(short = 'd', long = "data")]
+        data: Option<String>,
         #[arg(long, value_enum, default_value = "text")]
         format: Format,
     },
@@ -136,8 +139,16 @@ fn main() -> ExitCode {
             headers,
             token,
             claims,
+            data,
             format,
-        } => explain(&config, &method, &target, &headers, token, claims, format),
+        } => explain(
+            &config,
+            &method,
+            &target,
+            &headers,
+            (token, claims, data),
+            format,
+        ),
         Cmd::Dev { listen, policies } => run_dev(listen, policies),
         Cmd::Token {
             sub,
@@ -257,10 +268,16 @@ fn explain(
     method: &str,
     target: &str,
     headers: &[String],
-    token: Option<String>,
-    claims: Option<PathBuf>,
+    (token, claims, data): (Option<String>, Option<PathBuf>, Option<String>),
     format: Format,
 ) -> anyhow::Result<()> {
+    let body = match data.as_deref() {
+        Some(d) => match d.strip_prefix('@') {
+            Some(f) => std::fs::read(f).with_context(|| format!("reading {f}"))?,
+            None => d.as_bytes().to_vec(),
+        },
+        None => Vec::new(),
+    };
     let cfg = Config::load(config).map_err(|d| anyhow!("invalid config:\n{d}"))?;
     let set = PolicySet::load_config_dir(&cfg).map_err(|d| anyhow!("policies:\n{d}"))?;
     let mut hs: Vec<(String, String)> = headers
@@ -298,6 +315,7 @@ fn explain(
         target,
         headers: &hs,
         auth,
+        body: &body,
     };
     let cx = ExplainContext {
         policies: &set,
@@ -410,6 +428,13 @@ Try (tokens below are valid for 1 hour; mint more with `portier token --sub user
   curl -s 'http://{listen}/api/files/?prefix=books/' -H 'Authorization: Bearer {pro}'
   curl -s http://{listen}/api/files/user_123/books/readme.md -H 'Authorization: Bearer {pro}'
   curl -s -X POST http://{listen}/api/files/presigned-url -H 'Authorization: Bearer {pro}' -d '{{"key":"user_123/books/readme.md","method":"GET"}}'
+
+  # the app's file API (what the front end's s3-service.ts calls): upload a form, list, presign, delete
+  printf '\x89PNG\r\n\x1a\n-demo-' > /tmp/portier-demo.png
+  curl -s http://{listen}/api/s3/upload -H 'Authorization: Bearer {pro}' -F file=@/tmp/portier-demo.png -F s3_key=user_123/images/demo.png
+  curl -s 'http://{listen}/api/s3/list?user_id=user_123&content_type=image' -H 'Authorization: Bearer {pro}'
+  curl -s -X POST http://{listen}/api/s3/presigned-url -H 'Authorization: Bearer {pro}' -d '{{"s3_key":"user_123/images/demo.png","expires_in":3600}}'
+  curl -s -X DELETE http://{listen}/api/s3/delete -H 'Authorization: Bearer {pro}' -d '{{"s3_key":"user_123/images/demo.png"}}'
 
 Webhook secrets for this run: workers {worker_secret}  clerk {clerk_secret}
 "#,

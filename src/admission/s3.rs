@@ -3,6 +3,7 @@
 //! performs the I/O (sniffing the first body bytes, signing, streaming).
 
 use http::HeaderMap;
+use serde::Deserialize;
 
 use super::content_length;
 use crate::auth::Identity;
@@ -182,39 +183,23 @@ pub fn presign(
     if ask.expires_in == Some(0) {
         return Err(Reason::BadRequest);
     }
-    let key = canonical_key(&ask.key).map_err(|_| Reason::BadKey)?;
     let RouteKind::S3Presign { target, .. } = presign_route.kind else {
         return Err(Reason::Internal);
     };
-    let pattern = &set.routes.get(target).ok_or(Reason::Internal)?.pattern;
-    let path = object_path(pattern, &key)
-        .and_then(|p| canonicalize(&p).ok())
-        .ok_or(Reason::BadKey)?;
-    let method = ask.method.as_str();
-    let m = match set.lookup(method, &path) {
-        Ok(m) if m.index == target => m,
-        Ok(_) => return Err(Reason::NoRoute),
-        Err(r) => return Err(r),
-    };
-    let facts = RequestFacts {
-        method,
-        navigation: false,
-    };
-    if let Decision::Deny(reason) = evaluate(&m, &path, &facts, authn, &mut NoTrace) {
-        return Err(reason);
-    }
-    let RouteKind::S3Object(obj) = &m.route.kind else {
-        return Err(Reason::Internal);
-    };
-    let rule = kind_folder(&key).and_then(|k| obj.kinds.get(k));
-    let types = rule.map(|r| r.content_types.as_slice()).unwrap_or_default();
+    let plan = authorize_key(
+        set,
+        target,
+        ask.method.as_str(),
+        &ask.key,
+        authn,
+        default_limit,
+    )?;
+    let key = plan.key.clone();
+    let types = plan.types.as_slice();
     let mut extras = PresignExtras::default();
     match ask.method {
         PresignMethod::Put => {
-            let limit = rule
-                .and_then(|r| r.max_body_bytes)
-                .or(m.route.max_body_bytes)
-                .unwrap_or(default_limit);
+            let limit = plan.limit;
             let length = ask.content_length.ok_or(Reason::LengthRequired)?;
             if length > limit {
                 return Err(Reason::BodyTooLarge);
@@ -253,4 +238,196 @@ pub fn presign(
         expires_in: ask.expires_in,
         extras,
     })
+}
+
+/// What the object route's policy says about one key: the canonical key, its kind, its size
+/// limit and the content types its first bytes must be.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyPlan {
+    pub key: String,
+    pub kind: Option<String>,
+    pub limit: u64,
+    pub types: Vec<ContentType>,
+}
+
+/// Decides one key exactly as a direct request to the object route (`method` on
+/// `<prefix>/<key>`) would be decided: the key's form, its owner, its kind and the kind's
+/// plan and feature rules, the route's requirements. Every file API operation calls this.
+pub fn authorize_key(
+    set: &PolicySet,
+    object_route: usize,
+    method: &str,
+    key: &str,
+    authn: &Authn,
+    default_limit: u64,
+) -> Result<KeyPlan, Reason> {
+    let key = canonical_key(key).map_err(|_| Reason::BadKey)?;
+    let route = set.routes.get(object_route).ok_or(Reason::Internal)?;
+    let path = object_path(&route.pattern, &key)
+        .and_then(|p| canonicalize(&p).ok())
+        .ok_or(Reason::BadKey)?;
+    let m = match set.lookup(method, &path) {
+        Ok(m) if m.index == object_route => m,
+        Ok(_) => return Err(Reason::NoRoute),
+        Err(r) => return Err(r),
+    };
+    let facts = RequestFacts {
+        method,
+        navigation: false,
+    };
+    if let Decision::Deny(reason) = evaluate(&m, &path, &facts, authn, &mut NoTrace) {
+        return Err(reason);
+    }
+    let RouteKind::S3Object(obj) = &m.route.kind else {
+        return Err(Reason::Internal);
+    };
+    let kind = kind_folder(&key).map(str::to_string);
+    let rule = kind.as_deref().and_then(|k| obj.kinds.get(k));
+    Ok(KeyPlan {
+        limit: rule
+            .and_then(|r| r.max_body_bytes)
+            .or(m.route.max_body_bytes)
+            .unwrap_or(default_limit),
+        types: rule.map(|r| r.content_types.clone()).unwrap_or_default(),
+        kind,
+        key,
+    })
+}
+
+/// Body of the file API's delete.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DeleteRequest {
+    #[serde(default)]
+    s3_key: Option<String>,
+    #[serde(default)]
+    s3_keys: Option<Vec<String>>,
+}
+
+/// Most keys one batch delete may name (S3's DeleteObjects limit).
+pub const MAX_BATCH_DELETE: usize = 1000;
+
+/// Decides a delete: every key is authorized before any is deleted, so one foreign key
+/// refuses the whole batch.
+pub fn delete_keys(
+    set: &PolicySet,
+    object_route: usize,
+    body: &[u8],
+    authn: &Authn,
+) -> Result<Vec<String>, Reason> {
+    let ask: DeleteRequest = serde_json::from_slice(body).map_err(|_| Reason::BadRequest)?;
+    let keys = match (ask.s3_key, ask.s3_keys) {
+        (Some(k), None) => vec![k],
+        (None, Some(ks)) if !ks.is_empty() && ks.len() <= MAX_BATCH_DELETE => ks,
+        _ => return Err(Reason::BadRequest),
+    };
+    let mut out = Vec::with_capacity(keys.len());
+    for k in &keys {
+        let plan = authorize_key(set, object_route, "DELETE", k, authn, 0)?;
+        if !out.contains(&plan.key) {
+            out.push(plan.key);
+        }
+    }
+    Ok(out)
+}
+
+/// A listing the caller may see: one kind folder of their own prefix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListPlan {
+    pub prefix: String,
+    pub kind: String,
+    pub limit: u32,
+    pub token: Option<String>,
+}
+
+/// Decides `GET ...?user_id=&content_type=[&limit=&next_token=]`: `user_id` must be the
+/// caller, and the kind folder is decided by the object route's policy as a read of a key in
+/// it would be (plan rules of the kind included).
+pub fn list_request(
+    set: &PolicySet,
+    object_route: usize,
+    query: Option<&str>,
+    authn: &Authn,
+) -> Result<ListPlan, Reason> {
+    let Authn::SignedIn(id) = authn else {
+        return Err(Reason::TokenMissing);
+    };
+    let (mut user, mut content_type, mut limit, mut token) = (None, None, 1000u32, None);
+    for (k, v) in url_pairs(query.unwrap_or("")).ok_or(Reason::BadRequest)? {
+        match k.as_str() {
+            "user_id" => user = Some(v),
+            "content_type" => content_type = Some(v),
+            "limit" => {
+                limit = v
+                    .parse::<u32>()
+                    .ok()
+                    .filter(|n| (1..=1000).contains(n))
+                    .ok_or(Reason::BadRequest)?
+            }
+            "next_token" if !v.is_empty() => token = Some(v),
+            "next_token" => {}
+            _ => return Err(Reason::BadRequest),
+        }
+    }
+    let (Some(user), Some(ct)) = (user, content_type) else {
+        return Err(Reason::BadRequest);
+    };
+    if user != id.user_id {
+        return Err(Reason::NotOwner);
+    }
+    if ct.is_empty()
+        || !ct
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b == b'_' || b == b'-')
+    {
+        return Err(Reason::BadRequest);
+    }
+    let kind = format!("{ct}s");
+    // A read of a key in the folder decides the listing (owner, kind, the kind's plan).
+    let probe = format!("{user}/{kind}/.portier-list");
+    authorize_key(set, object_route, "GET", &probe, authn, 0)?;
+    Ok(ListPlan {
+        prefix: format!("{user}/{kind}/"),
+        kind,
+        limit,
+        token,
+    })
+}
+
+/// Decoded `name=value` pairs of a query string (`+` is a space); `None` when malformed.
+fn url_pairs(q: &str) -> Option<Vec<(String, String)>> {
+    q.split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let (k, v) = p.split_once('=').unwrap_or((p, ""));
+            Some((decode_component(k)?, decode_component(v)?))
+        })
+        .collect()
+}
+
+fn decode_component(s: &str) -> Option<String> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'%' => {
+                let h = crate::path::hex(*b.get(i + 1)?)?;
+                let l = crate::path::hex(*b.get(i + 2)?)?;
+                out.push(h * 16 + l);
+                i += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            c => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out)
+        .ok()
+        .filter(|s| !s.chars().any(char::is_control))
 }

@@ -98,7 +98,7 @@ impl Checker<'_> {
         let limits = self.limits(limits);
         let rate_limit = self.rate_limit(rate_limit);
         let webhooks = self.webhooks(webhooks);
-        let s3 = s3.and_then(|s| self.s3(s));
+        let s3 = s3.and_then(|s| self.s3(s, &base));
         if self.diags.has_errors() {
             return Err(self.diags.sorted());
         }
@@ -640,7 +640,7 @@ impl Checker<'_> {
         webhooks
     }
 
-    fn s3(&mut self, raw: Spanned<RawS3>) -> Option<S3Config> {
+    fn s3(&mut self, raw: Spanned<RawS3>, base: &Path) -> Option<S3Config> {
         let at = raw.span().start;
         let r = raw.into_inner();
         let addressing = match r.addressing {
@@ -648,6 +648,13 @@ impl Checker<'_> {
             S3Addressing::VirtualHosted => crate::s3::Addressing::VirtualHosted,
         };
         let max = crate::s3::MAX_PRESIGN_EXPIRY.as_secs();
+        if r.presign_stable_seconds > r.presign_max_seconds / 2 {
+            self.err(
+                at,
+                "s3.presign_stable_seconds",
+                "at most half of presign_max_seconds (a stable URL lives that much less)",
+            );
+        }
         if r.presign_max_seconds == 0
             || r.presign_max_seconds > max
             || r.presign_default_seconds == 0
@@ -669,6 +676,12 @@ impl Checker<'_> {
                 },
                 presign_default: Duration::from_secs(r.presign_default_seconds),
                 presign_max: Duration::from_secs(r.presign_max_seconds),
+                presign_stable: Duration::from_secs(r.presign_stable_seconds),
+                spool_dir: r
+                    .spool_dir
+                    .as_ref()
+                    .map(|d| base.join(d))
+                    .unwrap_or_else(std::env::temp_dir),
                 connect_timeout: Duration::from_millis(r.connect_timeout_ms),
                 read_timeout: Duration::from_millis(r.read_timeout_ms),
             }),

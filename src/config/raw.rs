@@ -55,6 +55,14 @@ pub(super) struct RawS3 {
     pub(super) presign_default_seconds: u64,
     #[serde(default = "default_presign")]
     pub(super) presign_max_seconds: u64,
+    /// Presigned GET URLs of one key are the same within this window (signing time rounded
+    /// down), so browsers and CDNs cache the object; 0 signs each URL at the current second.
+    #[serde(default = "default_presign_stable")]
+    pub(super) presign_stable_seconds: u64,
+    /// Where file API uploads that name their key after the file are spooled (default: the
+    /// system temp directory).
+    #[serde(default)]
+    pub(super) spool_dir: Option<String>,
     #[serde(default = "default_connect_timeout")]
     pub(super) connect_timeout_ms: u64,
     #[serde(default = "default_s3_read_timeout")]
@@ -75,6 +83,9 @@ pub(super) fn default_token_env() -> String {
 }
 pub(super) fn default_presign() -> u64 {
     3600
+}
+pub(super) fn default_presign_stable() -> u64 {
+    300
 }
 pub(super) fn default_s3_read_timeout() -> u64 {
     60_000

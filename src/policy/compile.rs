@@ -173,6 +173,41 @@ pub enum RouteKind {
         /// Its index in the route table, resolved when the set is compiled.
         target: usize,
     },
+    /// The file API (upload, delete, list), served by Portier on the bucket; every key is
+    /// decided by the policy of the object route `object_route`.
+    S3Api {
+        api: FileApi,
+        object_route: String,
+        target: usize,
+    },
+}
+
+/// What a file API route does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileApi {
+    Upload,
+    Delete,
+    List,
+}
+
+impl FileApi {
+    /// The object route method each key is decided with.
+    pub fn key_method(self) -> &'static str {
+        match self {
+            FileApi::Upload => "PUT",
+            FileApi::Delete => "DELETE",
+            FileApi::List => "GET",
+        }
+    }
+
+    /// The operation name for logs and metrics.
+    pub fn operation(self) -> &'static str {
+        match self {
+            FileApi::Upload => "Upload",
+            FileApi::Delete => "Delete",
+            FileApi::List => "List",
+        }
+    }
 }
 
 /// A compiled route.
@@ -203,7 +238,9 @@ impl Route {
         match &self.kind {
             RouteKind::Proxy { access, .. } => Some(*access),
             RouteKind::Webhook { .. } => None,
-            RouteKind::S3Object(_) | RouteKind::S3Presign { .. } => Some(Access::SignedIn),
+            RouteKind::S3Object(_) | RouteKind::S3Presign { .. } | RouteKind::S3Api { .. } => {
+                Some(Access::SignedIn)
+            }
         }
     }
 
@@ -236,7 +273,7 @@ impl Route {
     pub fn is_s3(&self) -> bool {
         matches!(
             self.kind,
-            RouteKind::S3Object(_) | RouteKind::S3Presign { .. }
+            RouteKind::S3Object(_) | RouteKind::S3Presign { .. } | RouteKind::S3Api { .. }
         )
     }
 
@@ -586,6 +623,7 @@ impl Compiler<'_> {
                 webhook: r.webhook,
                 s3: r.s3.map(|s| (s.span().start, s.into_inner())),
                 presign_for: r.presign_for,
+                objects: r.objects,
                 kinds: r.kinds,
                 timeout: r.timeout_ms.as_ref().map(|t| t.span().start),
                 has_requirements: req_at,
@@ -650,7 +688,7 @@ impl Compiler<'_> {
                 diags,
                 k.up_at,
                 "route.s3",
-                "a route to the S3 upstream says s3 = \"object\" or \"presign\"",
+                "a route to the S3 upstream says s3 = \"object\", \"presign\", \"upload\", \"delete\" or \"list\"",
             );
         }
         if k.s3.is_none() {
@@ -798,26 +836,69 @@ impl Compiler<'_> {
                     );
                 }
                 match mode {
-                    S3Mode::Object => self.object_kind(diags, &k, s3_at),
-                    S3Mode::Presign => {
+                    S3Mode::Object => {
+                        if let Some(o) = &k.objects {
+                            only(
+                                diags,
+                                o.span().start,
+                                "route.objects",
+                                "the file API's s3 routes",
+                            );
+                        }
+                        self.object_kind(diags, &k, s3_at)
+                    }
+                    api => {
                         if let Some(kinds) = &k.kinds {
                             only(diags, kinds.span().start, "route.kinds", "s3 = \"object\"");
                         }
-                        match k.presign_for {
-                            Some(p) => Some(RouteKind::S3Presign {
-                                object_route: p.into_inner(),
-                                target: usize::MAX,
-                            }),
-                            None => {
+                        let target = match (k.presign_for, k.objects, api) {
+                            (Some(p), None, S3Mode::Presign) | (None, Some(p), _) => {
+                                Some(p.into_inner())
+                            }
+                            (Some(p), Some(_), _) => {
                                 self.err(
                                     diags,
-                                    k.name_at,
+                                    p.span().start,
                                     "route.presign_for",
-                                    "name the s3 object route whose policy decides",
+                                    "give objects or presign_for, not both",
                                 );
                                 None
                             }
-                        }
+                            (Some(p), None, _) => {
+                                only(
+                                    diags,
+                                    p.span().start,
+                                    "route.presign_for",
+                                    "s3 = \"presign\" (write objects = ...)",
+                                );
+                                None
+                            }
+                            (None, None, _) => {
+                                self.err(
+                                    diags,
+                                    k.name_at,
+                                    "route.objects",
+                                    "name the s3 object route whose policy decides each key (objects = \"files\")",
+                                );
+                                None
+                            }
+                        }?;
+                        let api = match api {
+                            S3Mode::Presign => {
+                                return Some(RouteKind::S3Presign {
+                                    object_route: target,
+                                    target: usize::MAX,
+                                })
+                            }
+                            S3Mode::Upload => FileApi::Upload,
+                            S3Mode::Delete => FileApi::Delete,
+                            _ => FileApi::List,
+                        };
+                        Some(RouteKind::S3Api {
+                            api,
+                            object_route: target,
+                            target: usize::MAX,
+                        })
                     }
                 }
             }
@@ -913,6 +994,7 @@ struct KindInput<'a> {
     webhook: Option<Spanned<String>>,
     s3: Option<(usize, S3Mode)>,
     presign_for: Option<Spanned<String>>,
+    objects: Option<Spanned<String>>,
     kinds: Option<Spanned<BTreeMap<String, Spanned<super::schema::RawKind>>>>,
     timeout: Option<usize>,
     has_requirements: Option<usize>,

@@ -17,7 +17,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 pub use compile::{
-    parse_pattern, Access, KindRule, MethodSet, ObjectRoute, Requirement, Route, RouteKind,
+    parse_pattern, Access, FileApi, KindRule, MethodSet, ObjectRoute, Requirement, Route, RouteKind,
 };
 pub use content::ContentType;
 pub use eval::{
@@ -210,11 +210,13 @@ impl PolicySet {
         (set, diags)
     }
 
-    /// Presign routes name their object route; resolve once, so a typo is a `check` error
-    /// and a request never searches the route table.
+    /// Presign and file API routes name their object route; resolve once, so a typo is a
+    /// `check` error and a request never searches the route table.
     fn resolve_presign_targets(&mut self, diags: &mut Diagnostics) {
         for i in 0..self.routes.len() {
-            let RouteKind::S3Presign { object_route, .. } = &self.routes[i].kind else {
+            let (RouteKind::S3Presign { object_route, .. } | RouteKind::S3Api { object_route, .. }) =
+                &self.routes[i].kind
+            else {
                 continue;
             };
             let name = object_route.clone();
@@ -224,16 +226,23 @@ impl PolicySet {
                 .position(|r| r.name == name && matches!(r.kind, RouteKind::S3Object(_)));
             match found {
                 Some(t) => {
-                    if let RouteKind::S3Presign { target, .. } = &mut self.routes[i].kind {
+                    if let RouteKind::S3Presign { target, .. } | RouteKind::S3Api { target, .. } =
+                        &mut self.routes[i].kind
+                    {
                         *target = t;
                     }
                 }
                 None => {
                     let r = &self.routes[i];
+                    let key = if matches!(r.kind, RouteKind::S3Presign { .. }) {
+                        "route.presign_for"
+                    } else {
+                        "route.objects"
+                    };
                     diags.push(Diagnostic::line(
                         &r.file,
                         r.line,
-                        "route.presign_for",
+                        key,
                         format!("{name:?} is not an s3 = \"object\" route"),
                     ));
                 }

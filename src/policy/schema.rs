@@ -36,8 +36,16 @@ pub enum Mode {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum S3Mode {
+    /// Object operations on `/prefix/{key..}`.
     Object,
+    /// `POST` JSON: a presigned URL for a key.
     Presign,
+    /// `POST` multipart/form-data: `file` stored under `s3_key`.
+    Upload,
+    /// `DELETE` JSON: `s3_key`, or `s3_keys` (a batch).
+    Delete,
+    /// `GET ?user_id=&content_type=`: the caller's files of one kind, as JSON.
+    List,
 }
 
 /// One `[[route]]` as written; every key is optional here so that a missing one is reported
@@ -68,6 +76,9 @@ pub struct RawRoute {
     pub timeout_ms: Option<Spanned<u64>>,
     pub s3: Option<Spanned<S3Mode>>,
     pub presign_for: Option<Spanned<String>>,
+    /// For the file API routes (`s3 = "upload" | "delete" | "list" | "presign"`): the object
+    /// route whose policy decides every key.
+    pub objects: Option<Spanned<String>>,
     /// Per kind folder (`<user>/<kind>s/...`) rules of an S3 object route.
     pub kinds: Option<Spanned<BTreeMap<String, Spanned<RawKind>>>>,
 }
@@ -143,6 +154,7 @@ pub const ROUTE_KEYS: &[&str] = &[
     "timeout_ms",
     "s3",
     "presign_for",
+    "objects",
     "kinds",
 ];
 
@@ -207,6 +219,7 @@ impl Reader<'_> {
                 "timeout_ms" => r.timeout_ms = self.take(&path, v),
                 "s3" => r.s3 = self.take(&path, v),
                 "presign_for" => r.presign_for = self.take(&path, v),
+                "objects" => r.objects = self.take(&path, v),
                 "kinds" => r.kinds = self.take(&path, v),
                 other => self.err(
                     key_at,

@@ -3,7 +3,7 @@
 //! sniffing an upload's first bytes). Every refusal is a [`Reason`].
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use pingora::protocols::l4::socket::SocketAddr as PingoraAddr;
 use pingora::proxy::Session;
@@ -21,8 +21,8 @@ use crate::error::Reason;
 use crate::guards::webhook::{self, WebhookHeaders};
 use crate::path::canonicalize;
 use crate::policy::{
-    evaluate, object_key, Authn, ContentType, Decision, NoTrace, ObjectRoute, RequestFacts, Route,
-    RouteKind, MAX_WEBHOOK_BODY,
+    evaluate, object_key, Authn, ContentType, Decision, FileApi, NoTrace, ObjectRoute,
+    RequestFacts, Route, RouteKind, MAX_WEBHOOK_BODY,
 };
 use crate::state::Live;
 
@@ -53,6 +53,22 @@ type Admission = std::result::Result<Admitted, Refusal>;
 
 /// Largest presign request body: a key and a few fields.
 const MAX_PRESIGN_BODY: u64 = 8 * 1024;
+
+/// Largest delete request body: up to 1,000 keys of up to 1,024 bytes, JSON-quoted.
+const MAX_DELETE_BODY: u64 = 2 * 1024 * 1024;
+
+/// The request body as the file API reads it.
+struct SessionBody<'a>(&'a mut Session);
+
+#[async_trait::async_trait]
+impl crate::files::BodySource for SessionBody<'_> {
+    async fn next_chunk(&mut self) -> std::io::Result<Option<bytes::Bytes>> {
+        self.0
+            .read_request_body()
+            .await
+            .map_err(|e| std::io::Error::other(e.to_string()))
+    }
+}
 
 impl Portier {
     /// Everything `request_filter` decides; `Ok(Err(_))` is a refusal to send.
@@ -92,8 +108,8 @@ impl Portier {
         let route = m.route;
         let limit = body_limit(route, cfg.limits.max_body_bytes);
         ctx.body_limit = Some(limit);
-        // Object routes size uploads per kind folder, once the key is known.
-        if !matches!(route.kind, RouteKind::S3Object(_))
+        // Object and file API routes size uploads per kind folder, once the key is known.
+        if !matches!(route.kind, RouteKind::S3Object(_) | RouteKind::S3Api { .. })
             && content_length(&req.headers).is_some_and(|n| n > limit)
         {
             return Ok(Err(Reason::BodyTooLarge.into()));
@@ -158,7 +174,11 @@ impl Portier {
                 self.admit_object(session, ctx, &live, obj, key, limit)
                     .await
             }
-            RouteKind::S3Presign { .. } => self.presign(session, &live, route, &authn).await,
+            RouteKind::S3Presign { .. } => self.presign(session, ctx, &live, route, &authn).await,
+            RouteKind::S3Api { api, target, .. } => {
+                self.file_api(session, ctx, &live, route, (*api, *target), &authn)
+                    .await
+            }
         }
     }
 
@@ -299,6 +319,11 @@ impl Portier {
             log::error!("cannot build the S3 URI: {e}");
             Error::explain(ErrorType::InternalError, "S3 URI")
         })?;
+        ctx.operation = Some(op.name());
+        ctx.key_kind = op
+            .key()
+            .and_then(crate::s3::kind_folder)
+            .map(str::to_string);
         ctx.s3 = Some(S3Call {
             method: op.method(),
             operation: op.name(),
@@ -313,6 +338,7 @@ impl Portier {
     async fn presign(
         &self,
         session: &mut Session,
+        ctx: &mut Ctx,
         live: &Arc<Live>,
         route: &Route,
         authn: &Authn,
@@ -321,7 +347,8 @@ impl Portier {
             log::error!("an s3 route is configured but [s3] is not");
             return Ok(Err(Reason::Internal.into()));
         };
-        continue_if_expected(session).await?;
+        ctx.operation = Some("Presign");
+        ctx.continue_sent |= continue_if_expected(session).await?;
         let body = match read_bounded(session, MAX_PRESIGN_BODY, false).await? {
             Ok(b) => b,
             Err(_) => return Ok(Err(Reason::BodyTooLarge.into())),
@@ -332,35 +359,161 @@ impl Portier {
             Ok(g) => g,
             Err(reason) => return Ok(Err(reason.into())),
         };
-        let cfg = &backend.config;
-        let expires = grant
-            .expires_in
-            .map(Duration::from_secs)
-            .unwrap_or(cfg.presign_default)
-            .min(cfg.presign_max);
+        ctx.key_kind = crate::s3::kind_folder(&grant.key).map(str::to_string);
         let method = grant.method.as_str();
-        let url = match crate::s3::presign_with(
-            &backend.credentials,
-            &cfg.target,
+        let (url, expires_in) = match crate::files::presigned_url(
+            &backend,
             method,
             &grant.key,
-            expires,
-            SystemTime::now(),
+            grant.expires_in,
             &grant.extras,
         ) {
-            Ok(u) => u,
-            Err(e) => {
-                log::error!("presigning failed: {e}");
-                return Ok(Err(Reason::Internal.into()));
-            }
+            Ok(v) => v,
+            Err(reason) => return Ok(Err(reason.into())),
         };
         let body = serde_json::json!({
             "url": url,
             "method": method,
             "key": grant.key,
-            "expires_in": expires.as_secs(),
+            "s3_key": grant.key,
+            "expires_in": expires_in,
         });
         Ok(Ok(Admitted::Respond(body.to_string())))
+    }
+
+    /// The file API: upload, delete and list, served here on the bucket.
+    async fn file_api(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        live: &Arc<Live>,
+        route: &Route,
+        (api, object_route): (FileApi, usize),
+        authn: &Authn,
+    ) -> Result<Admission> {
+        let Some(backend) = live.s3.clone() else {
+            log::error!("an s3 route is configured but [s3] is not");
+            return Ok(Err(Reason::Internal.into()));
+        };
+        ctx.operation = Some(api.operation());
+        let policies = &live.policies;
+        let default_limit = live.config.limits.max_body_bytes;
+        let object = policies.routes.get(object_route);
+        let answer = match api {
+            FileApi::Upload => {
+                let boundary = session
+                    .req_header()
+                    .headers
+                    .get(http::header::CONTENT_TYPE)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|ct| multer::parse_boundary(ct).ok());
+                let Some(boundary) = boundary else {
+                    return Ok(Err(Reason::BadRequest.into()));
+                };
+                // The form may hold the largest file any kind allows, and its other fields.
+                let largest = object
+                    .and_then(|r| match &r.kind {
+                        RouteKind::S3Object(o) => {
+                            o.kinds.values().filter_map(|k| k.max_body_bytes).max()
+                        }
+                        _ => None,
+                    })
+                    .unwrap_or(default_limit);
+                let max_body = route.max_body_bytes.unwrap_or(largest + 64 * 1024);
+                if content_length(&session.req_header().headers).is_some_and(|n| n > max_body) {
+                    return Ok(Err(Reason::BodyTooLarge.into()));
+                }
+                ctx.continue_sent |= continue_if_expected(session).await?;
+                let decide = |key: &str| {
+                    admission::s3::authorize_key(
+                        policies,
+                        object_route,
+                        "PUT",
+                        key,
+                        authn,
+                        default_limit,
+                    )
+                };
+                let mut body = SessionBody(session);
+                match crate::files::upload(&mut body, &boundary, &backend, max_body, &decide).await
+                {
+                    Ok(up) => {
+                        ctx.key_kind = up.kind.clone();
+                        let types = object
+                            .and_then(|r| match &r.kind {
+                                RouteKind::S3Object(o) => {
+                                    up.kind.as_deref().and_then(|k| o.kinds.get(k))
+                                }
+                                _ => None,
+                            })
+                            .map(|k| k.content_types.clone())
+                            .unwrap_or_default();
+                        let extras = crate::files::download_extras(&types);
+                        crate::files::presigned_url(&backend, "GET", &up.key, None, &extras)
+                            .map(|(url, expires_in)| {
+                                serde_json::json!({
+                                    "s3_key": up.key,
+                                    "bucket": backend.config.target.bucket(),
+                                    "url": url,
+                                    "expires_in": expires_in,
+                                    "size": up.size,
+                                    "content_type": up.content_type,
+                                })
+                            })
+                            .map_err(crate::files::FilesError::Refused)
+                    }
+                    Err(e) => Err(e),
+                }
+            }
+            FileApi::Delete => {
+                ctx.continue_sent |= continue_if_expected(session).await?;
+                let body = match read_bounded(session, MAX_DELETE_BODY, false).await? {
+                    Ok(b) => b,
+                    Err(_) => return Ok(Err(Reason::BodyTooLarge.into())),
+                };
+                match admission::s3::delete_keys(policies, object_route, &body, authn) {
+                    Ok(keys) => {
+                        ctx.key_kind = keys
+                            .first()
+                            .and_then(|k| crate::s3::kind_folder(k))
+                            .map(str::to_string);
+                        crate::files::delete(&backend, &keys).await
+                    }
+                    Err(reason) => Err(reason.into()),
+                }
+            }
+            FileApi::List => {
+                let query = session.req_header().uri.query();
+                match admission::s3::list_request(policies, object_route, query, authn) {
+                    Ok(plan) => {
+                        ctx.key_kind = Some(plan.kind.clone());
+                        let types = object
+                            .and_then(|r| match &r.kind {
+                                RouteKind::S3Object(o) => o.kinds.get(&plan.kind),
+                                _ => None,
+                            })
+                            .map(|k| k.content_types.clone())
+                            .unwrap_or_default();
+                        crate::files::list(&backend, &plan, &types).await
+                    }
+                    Err(reason) => Err(reason.into()),
+                }
+            }
+        };
+        match answer {
+            Ok(json) => Ok(Ok(Admitted::Respond(json.to_string()))),
+            Err(e) => {
+                let reason = e.reason();
+                match &e {
+                    crate::files::FilesError::Refused(_) => {}
+                    crate::files::FilesError::Store(err) if err.is_auth() => log::error!(
+                        "the S3 store refused Portier's credentials or signature: {err}"
+                    ),
+                    other => log::warn!("file API {}: {other}", api.operation()),
+                }
+                Ok(Err(reason.into()))
+            }
+        }
     }
 
     /// Reads the (bounded) body, checks its Standard Webhooks signature and that its id is new.

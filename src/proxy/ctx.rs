@@ -48,6 +48,10 @@ pub struct Ctx {
     pub(super) s3_error: Option<(Reason, u16, Vec<u8>)>,
     /// Portier answered `Expect: 100-continue` itself (it read the body before forwarding).
     pub(super) continue_sent: bool,
+    /// The S3 operation of an S3 route (`GetObject`, `Upload`...), for the decision log.
+    pub(super) operation: Option<&'static str>,
+    /// The kind folder of the key an S3 route touched (`images`), for the decision log.
+    pub(super) key_kind: Option<String>,
 }
 
 impl Ctx {

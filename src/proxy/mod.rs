@@ -315,7 +315,7 @@ impl ProxyHttp for Portier {
             .upstream
             .as_ref()
             .map(|u| u.config.name.as_str())
-            .or(ctx.s3.as_ref().map(|_| crate::S3_UPSTREAM));
+            .or(ctx.operation.map(|_| crate::S3_UPSTREAM));
         if let Some(name) = upstream {
             gw.metrics
                 .upstream_bytes
@@ -341,7 +341,8 @@ impl ProxyHttp for Portier {
             user_id: ctx.identity.as_ref().map(|i| i.user_id.as_str()),
             status,
             upstream,
-            operation: ctx.s3.as_ref().map(|c| c.operation),
+            operation: ctx.operation,
+            kind: ctx.key_kind.as_deref(),
             latency_us: elapsed.as_micros() as u64,
             policy_generation: ctx.live.as_ref().map_or(0, |l| l.generation),
         });

@@ -24,7 +24,8 @@ pub(super) async fn send_json(
     for (k, v) in extra {
         resp.insert_header(*k, v.as_str())?;
     }
-    if has_body(&session.req_header().headers) && !session.is_body_done() {
+    let unread = has_body(&session.req_header().headers) && !session.is_body_done();
+    if unread {
         session.set_keepalive(None);
     }
     let head_only = session.req_header().method == http::Method::HEAD;
@@ -34,7 +35,28 @@ pub(super) async fn send_json(
     if !head_only {
         session.write_response_body(Some(body), true).await?;
     }
+    if unread {
+        linger(session).await;
+    }
     Ok(())
+}
+
+/// Reads (and drops) a little of an unread request body after an early answer, so closing
+/// the connection does not reset it under a client that is still sending: the client then
+/// reads the answer instead of a broken pipe. Bounded in bytes and time; a larger body is cut.
+async fn linger(session: &mut Session) {
+    const LINGER_BYTES: usize = 2 * 1024 * 1024;
+    const LINGER_TIME: std::time::Duration = std::time::Duration::from_secs(2);
+    let _ = tokio::time::timeout(LINGER_TIME, async {
+        let mut seen = 0;
+        while seen < LINGER_BYTES {
+            match session.read_request_body().await {
+                Ok(Some(b)) => seen += b.len(),
+                _ => break,
+            }
+        }
+    })
+    .await;
 }
 
 /// Sends a JSON refusal with any extra headers (`Allow`, `Retry-After`, `RateLimit`...).

@@ -21,6 +21,8 @@ pub enum FrontError {
     Resolve(String, String),
     #[error("bad list parameter {0}")]
     ListParam(&'static str),
+    #[error("store client: {0}")]
+    Client(super::client::ClientError),
 }
 
 /// How long a resolved endpoint address is reused before resolving again (S3 rotates IPs).
@@ -30,6 +32,8 @@ const RESOLVE_TTL: Duration = Duration::from_secs(60);
 pub struct S3Backend {
     pub config: S3Config,
     pub credentials: Credentials,
+    /// For the requests Portier makes itself (the file API).
+    pub client: super::client::StoreClient,
     host: String,
     port: u16,
     pub tls: bool,
@@ -55,11 +59,20 @@ impl S3Backend {
         Ok(S3Backend {
             config: config.clone(),
             credentials,
+            client: super::client::StoreClient::new().map_err(FrontError::Client)?,
             host: connect_host,
             port,
             tls,
             resolved: Mutex::new((Instant::now(), addrs)),
         })
+    }
+
+    /// The bucket and the credentials that sign for it, for the store client.
+    pub fn bucket(&self) -> super::client::Bucket<'_> {
+        super::client::Bucket {
+            creds: &self.credentials,
+            target: &self.config.target,
+        }
     }
 
     /// The name TLS verifies and SNI carries.
@@ -235,6 +248,8 @@ pub fn error_code(xml: &[u8]) -> Option<String> {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PresignRequest {
+    /// The object key (`s3_key` in the file API's shape).
+    #[serde(alias = "s3_key")]
     pub key: String,
     #[serde(default = "default_presign_method")]
     pub method: PresignMethod,

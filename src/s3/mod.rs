@@ -3,6 +3,7 @@
 //! store for `portier dev` and tests ([`store`]). The proxy routes that use them live
 //! elsewhere; this module performs no I/O except the embedded store.
 
+pub mod client;
 pub mod front;
 pub mod key;
 pub mod sign;
@@ -28,6 +29,9 @@ pub struct S3Config {
     pub env: EnvNames,
     pub presign_default: std::time::Duration,
     pub presign_max: std::time::Duration,
+    pub presign_stable: std::time::Duration,
+    /// Where file API uploads are spooled when the key comes after the file.
+    pub spool_dir: std::path::PathBuf,
     pub connect_timeout: std::time::Duration,
     pub read_timeout: std::time::Duration,
 }

@@ -5,6 +5,7 @@
 mod auth;
 mod cli;
 mod common;
+mod files;
 mod flask;
 mod guards;
 mod jwks;
