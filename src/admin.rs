@@ -32,6 +32,34 @@ impl BackgroundService for LogFlusher {
     }
 }
 
+/// Background service: fetches the bucket's AWS credentials at start and refreshes them
+/// ahead of expiry. It follows the live state, so a reload that changes `[s3]` gets its new
+/// credentials on the next round.
+pub struct CredentialRefresher {
+    pub gateway: Arc<Gateway>,
+}
+
+#[async_trait]
+impl BackgroundService for CredentialRefresher {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        loop {
+            let live = self.gateway.live();
+            let wait = match &live.s3 {
+                Some(b) => {
+                    let due = b.creds.tick().await;
+                    due.saturating_duration_since(std::time::Instant::now())
+                        .min(Duration::from_secs(1))
+                }
+                None => Duration::from_secs(1),
+            };
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                _ = tokio::time::sleep(wait.max(Duration::from_millis(50))) => {}
+            }
+        }
+    }
+}
+
 /// Background service: `/metrics`, `/healthz`, `/readyz` on the admin address.
 pub struct Admin {
     pub gateway: Arc<Gateway>,
@@ -52,8 +80,10 @@ impl BackgroundService for Admin {
         let handler = Arc::new(move |parts: http::request::Parts| match parts.uri.path() {
             "/metrics" => text_response(200, "text/plain; version=0.0.4", gw.render_metrics()),
             "/healthz" => text_response(200, "text/plain", "ok\n".into()),
-            "/readyz" if gw.ready() => text_response(200, "text/plain", "ready\n".into()),
-            "/readyz" => text_response(503, "text/plain", "signing keys not loaded\n".into()),
+            "/readyz" => match gw.readiness() {
+                Ok(()) => text_response(200, "text/plain", "ready\n".into()),
+                Err(why) => text_response(503, "text/plain", format!("{why}\n")),
+            },
             _ => text_response(404, "text/plain", "not found\n".into()),
         });
         tokio::select! {

@@ -124,6 +124,11 @@ pub fn rfc3339_now() -> String {
     })
 }
 
+/// RFC 3339 UTC time (`YYYY-MM-DDTHH:MM:SSZ`) of a Unix second.
+pub fn rfc3339_at(secs: i64) -> String {
+    format!("{}Z", civil_second(secs))
+}
+
 /// `YYYY-MM-DDTHH:MM:SS` for a Unix second.
 fn civil_second(secs: i64) -> String {
     let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));

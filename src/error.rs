@@ -95,13 +95,15 @@ pub enum Reason {
     SessionCookieConflict,
     /// A protocol upgrade (WebSocket) on a route that does not allow one.
     UpgradeNotAllowed,
+    /// No usable AWS credentials (the source failed and the last set expired).
+    S3CredentialsUnavailable,
     /// A fault inside Portier; details are in the log.
     Internal,
 }
 
 impl Reason {
     /// Every reason, for documentation and exhaustive tests.
-    pub const ALL: [Reason; 43] = [
+    pub const ALL: [Reason; 44] = [
         Reason::BadPath,
         Reason::TokenMissing,
         Reason::TokenInvalid,
@@ -144,6 +146,7 @@ impl Reason {
         Reason::UpstreamAuthFailed,
         Reason::SessionCookieConflict,
         Reason::UpgradeNotAllowed,
+        Reason::S3CredentialsUnavailable,
         Reason::Internal,
     ];
 
@@ -191,6 +194,7 @@ impl Reason {
             Reason::UpstreamAuthFailed => "upstream_auth_failed",
             Reason::SessionCookieConflict => "session_cookie_conflict",
             Reason::UpgradeNotAllowed => "upgrade_not_allowed",
+            Reason::S3CredentialsUnavailable => "s3_credentials_unavailable",
             Reason::Internal => "internal_error",
         }
     }
@@ -234,6 +238,7 @@ impl Reason {
             Reason::MethodNotAllowed => 405,
             Reason::SessionCookieConflict => 401,
             Reason::UpgradeNotAllowed => 400,
+            Reason::S3CredentialsUnavailable => 503,
             Reason::Internal => 500,
             Reason::UpstreamUnavailable => 502,
             Reason::JwksUnavailable
@@ -297,6 +302,9 @@ impl Reason {
             }
             Reason::SessionCookieConflict => "the request carries conflicting session cookies",
             Reason::UpgradeNotAllowed => "this route does not accept protocol upgrades",
+            Reason::S3CredentialsUnavailable => {
+                "the storage credentials are unavailable; try again shortly"
+            }
             Reason::Internal => "internal error",
         }
     }
@@ -353,7 +361,10 @@ mod tests {
             let v: serde_json::Value = serde_json::from_str(&r.body()).expect("valid json");
             assert_eq!(v["error"], r.code());
             assert!(seen.insert(r.code()), "duplicate code {}", r.code());
-            assert!(r.code().chars().all(|c| c.is_ascii_lowercase() || c == '_'));
+            assert!(r
+                .code()
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'));
         }
     }
 

@@ -173,7 +173,7 @@ pub async fn upload(
     backend
         .client
         .put_object(
-            backend.bucket(),
+            backend.bucket()?,
             &plan.key,
             &content_type,
             file.size,
@@ -262,11 +262,14 @@ struct Multipart<'a> {
 impl Multipart<'_> {
     async fn abort(self) {
         let b = self.backend;
-        if let Err(e) = b
-            .client
-            .abort_multipart(b.bucket(), self.key, &self.id)
-            .await
-        {
+        let Ok(bucket) = b.bucket() else {
+            log::warn!(
+                "no S3 credentials to abort the multipart upload of {}",
+                self.key
+            );
+            return;
+        };
+        if let Err(e) = b.client.abort_multipart(bucket, self.key, &self.id).await {
             log::warn!("could not abort multipart upload of {}: {e}", self.key);
         }
     }
@@ -302,7 +305,7 @@ async fn stream_to_store(
                 if open.is_none() {
                     let id = backend
                         .client
-                        .create_multipart(backend.bucket(), &plan.key, ct)
+                        .create_multipart(backend.bucket()?, &plan.key, ct)
                         .await?;
                     open = Some(Multipart {
                         backend,
@@ -315,7 +318,7 @@ async fn stream_to_store(
                     let n = m.parts.len() as u32 + 1;
                     let etag = backend
                         .client
-                        .upload_part(backend.bucket(), &plan.key, &m.id, n, part)
+                        .upload_part(backend.bucket()?, &plan.key, &m.id, n, part)
                         .await?;
                     m.parts.push((n, etag));
                 }
@@ -339,7 +342,7 @@ async fn stream_to_store(
             backend
                 .client
                 .put_object(
-                    backend.bucket(),
+                    backend.bucket()?,
                     &plan.key,
                     &content_type,
                     buf.len() as u64,
@@ -348,24 +351,25 @@ async fn stream_to_store(
                 .await?;
         }
         Some(mut m) => {
-            let last: Result<(), ClientError> = async {
+            let last: Result<(), FilesError> = async {
                 if !buf.is_empty() {
                     let n = m.parts.len() as u32 + 1;
                     let etag = backend
                         .client
-                        .upload_part(backend.bucket(), &plan.key, &m.id, n, buf.freeze())
+                        .upload_part(backend.bucket()?, &plan.key, &m.id, n, buf.freeze())
                         .await?;
                     m.parts.push((n, etag));
                 }
                 backend
                     .client
-                    .complete_multipart(backend.bucket(), &plan.key, &m.id, &m.parts)
-                    .await
+                    .complete_multipart(backend.bucket()?, &plan.key, &m.id, &m.parts)
+                    .await?;
+                Ok(())
             }
             .await;
             if let Err(e) = last {
                 m.abort().await;
-                return Err(e.into());
+                return Err(e);
             }
         }
     }
@@ -397,45 +401,59 @@ pub fn stable_signing(
     (start, lifetime)
 }
 
-/// A presigned URL for `key` and the seconds it stays valid from now. GETs are stable within
-/// `[s3] presign_stable_seconds`.
+/// A presigned URL and how long it stays valid from now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Presigned {
+    pub url: String,
+    pub expires_in: u64,
+    /// The lifetime was cut to what is left of the credentials that signed it.
+    pub capped_by_credentials: bool,
+}
+
+/// A presigned URL for `key`. GETs are stable within `[s3] presign_stable_seconds`; no URL
+/// outlives the credentials that sign it (temporary credentials expire, and so would it).
 pub fn presigned_url(
     backend: &S3Backend,
     method: &str,
     key: &str,
     asked: Option<u64>,
     extras: &PresignExtras,
-) -> Result<(String, u64), Reason> {
+) -> Result<Presigned, Reason> {
     let cfg = &backend.config;
     let asked = asked
         .map(Duration::from_secs)
         .unwrap_or(cfg.presign_default)
         .min(cfg.presign_max);
+    let creds = backend.credentials()?;
     let now = SystemTime::now();
-    let (at, lifetime) = if method == "GET" {
-        stable_signing(now, cfg.presign_stable, asked, cfg.presign_max)
-    } else {
-        (now, asked)
+    let left = backend.creds.usable_for();
+    let (at, lifetime, capped) = match left {
+        Some(left) if left < asked => (now, Duration::from_secs(left.as_secs().max(1)), true),
+        _ if method == "GET" => {
+            let (at, lifetime) = stable_signing(now, cfg.presign_stable, asked, cfg.presign_max);
+            match left {
+                // Rounded down and stretched, it must still end before the credentials do.
+                Some(left) if at + lifetime > now + left => (now, asked, false),
+                _ => (at, lifetime, false),
+            }
+        }
+        _ => (now, asked, false),
     };
-    let url = presign_with(
-        &backend.credentials,
-        &cfg.target,
-        method,
-        key,
-        lifetime,
-        at,
-        extras,
-    )
-    .map_err(|e| {
-        log::error!("presigning failed: {e}");
-        Reason::Internal
-    })?;
-    let remaining = (at + lifetime)
+    let url =
+        presign_with(&creds, &cfg.target, method, key, lifetime, at, extras).map_err(|e| {
+            log::error!("presigning failed: {e}");
+            Reason::Internal
+        })?;
+    let expires_in = (at + lifetime)
         .duration_since(now)
         .unwrap_or_default()
         .as_secs()
         .min(asked.as_secs());
-    Ok((url, remaining))
+    Ok(Presigned {
+        url,
+        expires_in,
+        capped_by_credentials: capped,
+    })
 }
 
 /// The download disposition a presigned GET binds for a key of a kind with `types`.
@@ -453,7 +471,7 @@ pub fn download_extras(types: &[ContentType]) -> PresignExtras {
 pub async fn delete(backend: &S3Backend, keys: &[String]) -> Result<Value, FilesError> {
     let failed = backend
         .client
-        .delete_objects(backend.bucket(), keys)
+        .delete_objects(backend.bucket()?, keys)
         .await?;
     if let Some((key, code)) = failed.first() {
         log::error!(
@@ -475,7 +493,7 @@ pub async fn list(
     let page = backend
         .client
         .list(
-            backend.bucket(),
+            backend.bucket()?,
             &plan.prefix,
             plan.limit,
             plan.token.as_deref(),
@@ -488,7 +506,7 @@ pub async fn list(
         if !o.key.starts_with(&plan.prefix) {
             continue;
         }
-        let (url, _) = presigned_url(backend, "GET", &o.key, None, &extras)?;
+        let url = presigned_url(backend, "GET", &o.key, None, &extras)?.url;
         files.push(json!({
             "key": o.key,
             "filename": o.key.rsplit('/').next().unwrap_or(""),

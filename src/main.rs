@@ -341,6 +341,7 @@ fn run(config: &Path) -> anyhow::Result<()> {
     let cfg = Config::load(config).map_err(|d| anyhow!("invalid config:\n{d}"))?;
     let built = server::build_from_config(&cfg, config)?;
     warm_keys(&built.gateway);
+    warm_credentials(&built.gateway);
     log::info!("portier listening on {:?}", built.listen);
     built.server.run_forever()
 }
@@ -357,6 +358,25 @@ fn warm_keys(gw: &Gateway) {
             }
         }
         Err(e) => log::warn!("cannot pre-load keys: {e}"),
+    }
+}
+
+/// Fetches the bucket's credentials before serving (readiness waits for them either way).
+fn warm_credentials(gw: &Gateway) {
+    let Some(s3) = gw.live().s3.clone() else {
+        return;
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build();
+    match rt {
+        Ok(rt) => {
+            rt.block_on(s3.creds.tick());
+            if let Some(why) = s3.creds.not_ready() {
+                log::warn!("{why}; S3 requests get 503 until they load");
+            }
+        }
+        Err(e) => log::warn!("cannot pre-load S3 credentials: {e}"),
     }
 }
 

@@ -10,6 +10,7 @@ use prometheus::{
 };
 
 use crate::auth::Verifier;
+use crate::s3::CredentialCache;
 
 pub struct Metrics {
     registry: Registry,
@@ -19,6 +20,9 @@ pub struct Metrics {
     pub reloads: IntCounterVec,
     pub restart_required: IntCounterVec,
     pub upgrades: IntCounterVec,
+    s3_credentials_source: prometheus::IntGaugeVec,
+    s3_credentials_expiry: Gauge,
+    s3_credential_refreshes: IntCounterVec,
     pub policy_generation: IntGauge,
     pub upstream_errors: IntCounterVec,
     pub upstream_bytes: IntCounterVec,
@@ -88,6 +92,19 @@ impl Metrics {
         let token_cache_entries =
             IntGauge::new("portier_token_cache_entries", "Verified tokens cached")?;
         r.register(Box::new(token_cache_entries.clone()))?;
+        let s3_credentials_source = prometheus::IntGaugeVec::new(
+            Opts::new(
+                "portier_s3_credentials_source",
+                "1 for the source the bucket's AWS credentials come from",
+            ),
+            &["source"],
+        )?;
+        r.register(Box::new(s3_credentials_source.clone()))?;
+        let s3_credentials_expiry = Gauge::new(
+            "portier_s3_credentials_expiry_seconds",
+            "Seconds until the AWS credentials in use expire (-1: static or none)",
+        )?;
+        r.register(Box::new(s3_credentials_expiry.clone()))?;
         Ok(Metrics {
             requests: counter_vec(
                 &r,
@@ -112,6 +129,14 @@ impl Metrics {
                 "portier_reload_restart_required_total",
                 "Reloads that changed a config section only a restart applies, by section",
                 &["section"],
+            )?,
+            s3_credentials_source,
+            s3_credentials_expiry,
+            s3_credential_refreshes: counter_vec(
+                &r,
+                "portier_s3_credential_refreshes_total",
+                "Fetches of the bucket's AWS credentials, by result",
+                &["result"],
             )?,
             upgrades: counter_vec(
                 &r,
@@ -162,7 +187,23 @@ impl Metrics {
     }
 
     /// The Prometheus text exposition, with verifier figures brought up to date.
-    pub fn render(&self, verifier: &Verifier) -> String {
+    pub fn render(&self, verifier: &Verifier, s3: Option<&CredentialCache>) -> String {
+        if let Some(c) = s3 {
+            self.s3_credentials_source.reset();
+            self.s3_credentials_source
+                .with_label_values(&[c.spec.source.name()])
+                .set(1);
+            self.s3_credentials_expiry
+                .set(c.seconds_to_expiry().unwrap_or(-1.0));
+            sync_counter(
+                &self.s3_credential_refreshes.with_label_values(&["ok"]),
+                c.refresh_ok.load(Ordering::Relaxed),
+            );
+            sync_counter(
+                &self.s3_credential_refreshes.with_label_values(&["error"]),
+                c.refresh_failed.load(Ordering::Relaxed),
+            );
+        }
         let st = &verifier.jwks.stats;
         sync_counter(&self.jwks_fetches, st.fetches.load(Ordering::Relaxed));
         sync_counter(&self.jwks_failures, st.failures.load(Ordering::Relaxed));

@@ -12,7 +12,7 @@ use pingora::server::configuration::ServerConf;
 use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
 use pingora::services::background::background_service;
 
-use crate::admin::{Admin, LogFlusher};
+use crate::admin::{Admin, CredentialRefresher, LogFlusher};
 use crate::config::Config;
 use crate::proxy::Portier;
 use crate::reload::Reloader;
@@ -48,6 +48,12 @@ pub fn build(cfg: &Config, sources: Sources) -> Result<Built, StartError> {
     server.add_service(background_service(
         "policy reloader",
         Reloader {
+            gateway: gateway.clone(),
+        },
+    ));
+    server.add_service(background_service(
+        "S3 credential refresher",
+        CredentialRefresher {
             gateway: gateway.clone(),
         },
     ));

@@ -640,6 +640,126 @@ impl Checker<'_> {
         webhooks
     }
 
+    /// `[s3.credentials]`, or the static env names, or the default chain.
+    fn s3_credentials(
+        &mut self,
+        s3_at: usize,
+        r: &RawS3,
+        base: &Path,
+    ) -> Option<crate::s3::CredentialSpec> {
+        use crate::s3::{AssumeRole, CredentialSource, CredentialSpec};
+        let names_given = r.access_key_id_env.is_some()
+            || r.secret_access_key_env.is_some()
+            || r.session_token_env.is_some();
+        let names = || crate::s3::EnvNames {
+            access_key_id: r
+                .access_key_id_env
+                .as_ref()
+                .map_or_else(default_ak_env, |s| s.get_ref().clone()),
+            secret_access_key: r
+                .secret_access_key_env
+                .as_ref()
+                .map_or_else(default_sk_env, |s| s.get_ref().clone()),
+            session_token: r
+                .session_token_env
+                .as_ref()
+                .map_or_else(default_token_env, |s| s.get_ref().clone()),
+        };
+        let Some(c) = &r.credentials else {
+            let source = if names_given {
+                CredentialSource::Static(names())
+            } else {
+                CredentialSource::Default { profile: None }
+            };
+            return Some(CredentialSpec {
+                source,
+                assume_role: None,
+                refresh_before: Duration::from_secs(default_refresh_before()),
+            });
+        };
+        let at = c.span().start;
+        let c = c.get_ref();
+        let mut ok = true;
+        let mut need = |field: &Option<String>, key: &str, what: &str| -> String {
+            match field {
+                Some(v) if !v.is_empty() => v.clone(),
+                _ => {
+                    ok = false;
+                    self.err(
+                        at,
+                        &format!("s3.credentials.{key}"),
+                        format!("{what} needs {key}"),
+                    );
+                    String::new()
+                }
+            }
+        };
+        let source = match c.source {
+            RawCredentialSource::Default => CredentialSource::Default {
+                profile: c.profile.clone(),
+            },
+            RawCredentialSource::Static => CredentialSource::Static(names()),
+            RawCredentialSource::Env => CredentialSource::Env,
+            RawCredentialSource::Profile => CredentialSource::Profile {
+                name: need(&c.profile, "profile", "source = \"profile\""),
+                config_file: c.config_file.as_ref().map(|f| base.join(f)),
+                credentials_file: c.credentials_file.as_ref().map(|f| base.join(f)),
+            },
+            RawCredentialSource::WebIdentity => CredentialSource::WebIdentity {
+                token_file: base.join(need(
+                    &c.token_file,
+                    "token_file",
+                    "source = \"web_identity\"",
+                )),
+                role_arn: need(&c.role_arn, "role_arn", "source = \"web_identity\""),
+                session_name: c.session_name.clone().unwrap_or_else(|| "portier".into()),
+            },
+            RawCredentialSource::Container => CredentialSource::Container,
+            RawCredentialSource::InstanceMetadata => CredentialSource::InstanceMetadata {
+                endpoint: c.endpoint.clone(),
+            },
+        };
+        if names_given && c.source != RawCredentialSource::Static {
+            self.err(
+                s3_at,
+                "s3.access_key_id_env",
+                "env var names are the \"static\" source: remove them or set source = \"static\"",
+            );
+            ok = false;
+        }
+        let assume_role = c.assume_role_arn.as_ref().map(|arn| AssumeRole {
+            role_arn: arn.clone(),
+            session_name: c
+                .assume_role_session_name
+                .clone()
+                .unwrap_or_else(|| "portier".into()),
+            external_id: c.assume_role_external_id.clone(),
+            duration: c.assume_role_duration_seconds.map(Duration::from_secs),
+            sts_endpoint: c.sts_endpoint.clone(),
+        });
+        if assume_role.is_some() && matches!(source, CredentialSource::Static(_)) {
+            self.err(
+                at,
+                "s3.credentials.assume_role_arn",
+                "assume a role on top of an SDK source (default, env, profile, ...), not static keys",
+            );
+            ok = false;
+        }
+        if c.refresh_before_seconds == 0 {
+            self.err(
+                at,
+                "s3.credentials.refresh_before_seconds",
+                "must be positive",
+            );
+            ok = false;
+        }
+        ok.then_some(CredentialSpec {
+            source,
+            assume_role,
+            refresh_before: Duration::from_secs(c.refresh_before_seconds),
+        })
+    }
+
     fn s3(&mut self, raw: Spanned<RawS3>, base: &Path) -> Option<S3Config> {
         let at = raw.span().start;
         let r = raw.into_inner();
@@ -666,14 +786,11 @@ impl Checker<'_> {
                 format!("0 < presign_default_seconds <= presign_max_seconds <= {max}"),
             );
         }
+        let credentials = self.s3_credentials(at, &r, base);
         match crate::s3::S3Target::new(r.endpoint.get_ref(), &r.region, &r.bucket, addressing) {
             Ok(target) => Some(S3Config {
                 target,
-                env: crate::s3::EnvNames {
-                    access_key_id: r.access_key_id_env,
-                    secret_access_key: r.secret_access_key_env,
-                    session_token: r.session_token_env,
-                },
+                credentials: credentials?,
                 presign_default: Duration::from_secs(r.presign_default_seconds),
                 presign_max: Duration::from_secs(r.presign_max_seconds),
                 presign_stable: Duration::from_secs(r.presign_stable_seconds),

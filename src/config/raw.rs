@@ -45,12 +45,16 @@ pub(super) struct RawS3 {
     pub(super) bucket: String,
     #[serde(default = "default_addressing")]
     pub(super) addressing: S3Addressing,
-    #[serde(default = "default_ak_env")]
-    pub(super) access_key_id_env: String,
-    #[serde(default = "default_sk_env")]
-    pub(super) secret_access_key_env: String,
-    #[serde(default = "default_token_env")]
-    pub(super) session_token_env: String,
+    /// Env vars holding a static key pair; giving any of them selects that source.
+    #[serde(default)]
+    pub(super) access_key_id_env: Option<Spanned<String>>,
+    #[serde(default)]
+    pub(super) secret_access_key_env: Option<Spanned<String>>,
+    #[serde(default)]
+    pub(super) session_token_env: Option<Spanned<String>>,
+    /// Where credentials come from (default: the AWS SDKs' default chain).
+    #[serde(default)]
+    pub(super) credentials: Option<Spanned<RawCredentials>>,
     #[serde(default = "default_presign")]
     pub(super) presign_default_seconds: u64,
     #[serde(default = "default_presign")]
@@ -71,6 +75,54 @@ pub(super) struct RawS3 {
 
 pub(super) fn default_addressing() -> S3Addressing {
     S3Addressing::VirtualHosted
+}
+/// `[s3.credentials]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawCredentials {
+    pub(super) source: RawCredentialSource,
+    #[serde(default)]
+    pub(super) profile: Option<String>,
+    #[serde(default)]
+    pub(super) config_file: Option<String>,
+    #[serde(default)]
+    pub(super) credentials_file: Option<String>,
+    #[serde(default)]
+    pub(super) token_file: Option<String>,
+    #[serde(default)]
+    pub(super) role_arn: Option<String>,
+    #[serde(default)]
+    pub(super) session_name: Option<String>,
+    #[serde(default)]
+    pub(super) endpoint: Option<String>,
+    #[serde(default)]
+    pub(super) assume_role_arn: Option<String>,
+    #[serde(default)]
+    pub(super) assume_role_session_name: Option<String>,
+    #[serde(default)]
+    pub(super) assume_role_external_id: Option<String>,
+    #[serde(default)]
+    pub(super) assume_role_duration_seconds: Option<u64>,
+    #[serde(default)]
+    pub(super) sts_endpoint: Option<String>,
+    #[serde(default = "default_refresh_before")]
+    pub(super) refresh_before_seconds: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(super) enum RawCredentialSource {
+    Default,
+    Static,
+    Env,
+    Profile,
+    WebIdentity,
+    Container,
+    InstanceMetadata,
+}
+
+pub(super) fn default_refresh_before() -> u64 {
+    600
 }
 pub(super) fn default_ak_env() -> String {
     "AWS_ACCESS_KEY_ID".into()

@@ -205,7 +205,11 @@ fn s3_refusals_and_defaults() {
     let c = Config::parse(Path::new("c.toml"), &ok).unwrap();
     let s3 = c.s3.as_ref().unwrap();
     assert_eq!(s3.presign_default, Duration::from_secs(3600));
-    assert_eq!(s3.env.access_key_id, "AWS_ACCESS_KEY_ID");
+    // Without a credentials table or env names: the AWS SDKs' default chain.
+    assert_eq!(
+        s3.credentials.source,
+        crate::s3::CredentialSource::Default { profile: None }
+    );
     assert!(
         c.upstream_names().contains(&"s3"),
         "the bucket is an upstream name"
@@ -228,6 +232,66 @@ fn jwks_sources_are_exactly_one() {
     );
     assert!(
         text.contains("ttl_seconds and unknown_kid_cooldown_seconds must be positive"),
+        "{text}"
+    );
+}
+
+#[test]
+fn s3_credential_sources() {
+    use crate::s3::CredentialSource;
+    let s3 = |extra: &str| {
+        format!(
+            "{GOOD}\n[s3]\nendpoint = \"https://s3.eu-west-1.amazonaws.com\"\nregion = \"eu-west-1\"\nbucket = \"media\"\n{extra}"
+        )
+    };
+    let parse = |t: &str| Config::parse(Path::new("/etc/portier/config.toml"), t);
+    let c = parse(&s3("secret_access_key_env = \"MY_SK\"\n")).unwrap();
+    match &c.s3.unwrap().credentials.source {
+        CredentialSource::Static(n) => {
+            assert_eq!(n.secret_access_key, "MY_SK");
+            assert_eq!(n.access_key_id, "AWS_ACCESS_KEY_ID");
+        }
+        other => panic!("{other:?}"),
+    }
+    let c = parse(&s3(
+        "[s3.credentials]\nsource = \"profile\"\nprofile = \"media\"\ncredentials_file = \"aws/credentials\"\nassume_role_arn = \"arn:aws:iam::1:role/r\"\n",
+    ))
+    .unwrap();
+    let spec = c.s3.unwrap().credentials;
+    assert_eq!(
+        spec.source,
+        CredentialSource::Profile {
+            name: "media".into(),
+            config_file: None,
+            credentials_file: Some("/etc/portier/aws/credentials".into()),
+        }
+    );
+    assert_eq!(spec.assume_role.unwrap().session_name, "portier");
+    let text = parse(&s3(
+        "access_key_id_env = \"AK\"\n[s3.credentials]\nsource = \"web_identity\"\nrefresh_before_seconds = 0\n",
+    ))
+    .unwrap_err()
+    .to_string();
+    assert!(
+        text.contains("s3.credentials.token_file: source = \"web_identity\" needs token_file"),
+        "{text}"
+    );
+    assert!(text.contains("s3.credentials.role_arn"), "{text}");
+    assert!(
+        text.contains("env var names are the \"static\" source"),
+        "{text}"
+    );
+    assert!(
+        text.contains("refresh_before_seconds: must be positive"),
+        "{text}"
+    );
+    let text = parse(&s3(
+        "[s3.credentials]\nsource = \"static\"\nassume_role_arn = \"x\"\n",
+    ))
+    .unwrap_err()
+    .to_string();
+    assert!(
+        text.contains("assume a role on top of an SDK source"),
         "{text}"
     );
 }

@@ -273,6 +273,10 @@ impl Portier {
             log::error!("an s3 route is configured but [s3] is not");
             return Ok(Err(Reason::Internal.into()));
         };
+        // Without usable credentials the store would refuse the signature: say so instead.
+        if let Err(reason) = backend.credentials() {
+            return Ok(Err(reason.into()));
+        }
         let req = session.req_header();
         let object_request = admission::s3::ObjectRequest {
             method: req.method.as_str(),
@@ -347,6 +351,10 @@ impl Portier {
             log::error!("an s3 route is configured but [s3] is not");
             return Ok(Err(Reason::Internal.into()));
         };
+        // Without usable credentials the store would refuse the signature: say so instead.
+        if let Err(reason) = backend.credentials() {
+            return Ok(Err(reason.into()));
+        }
         ctx.operation = Some("Presign");
         ctx.continue_sent |= continue_if_expected(session).await?;
         let body = match read_bounded(session, MAX_PRESIGN_BODY, false).await? {
@@ -361,7 +369,7 @@ impl Portier {
         };
         ctx.key_kind = crate::s3::kind_folder(&grant.key).map(str::to_string);
         let method = grant.method.as_str();
-        let (url, expires_in) = match crate::files::presigned_url(
+        let signed = match crate::files::presigned_url(
             &backend,
             method,
             &grant.key,
@@ -371,13 +379,17 @@ impl Portier {
             Ok(v) => v,
             Err(reason) => return Ok(Err(reason.into())),
         };
-        let body = serde_json::json!({
-            "url": url,
+        let mut body = serde_json::json!({
+            "url": signed.url,
             "method": method,
             "key": grant.key,
             "s3_key": grant.key,
-            "expires_in": expires_in,
+            "expires_in": signed.expires_in,
         });
+        if signed.capped_by_credentials {
+            // Say why the URL lives less than asked: the signing credentials expire first.
+            body["expires_in_capped_by"] = "credentials".into();
+        }
         Ok(Ok(Admitted::Respond(body.to_string())))
     }
 
@@ -395,6 +407,10 @@ impl Portier {
             log::error!("an s3 route is configured but [s3] is not");
             return Ok(Err(Reason::Internal.into()));
         };
+        // Without usable credentials the store would refuse the signature: say so instead.
+        if let Err(reason) = backend.credentials() {
+            return Ok(Err(reason.into()));
+        }
         ctx.operation = Some(api.operation());
         let policies = &live.policies;
         let default_limit = live.config.limits.max_body_bytes;
@@ -450,12 +466,12 @@ impl Portier {
                             .unwrap_or_default();
                         let extras = crate::files::download_extras(&types);
                         crate::files::presigned_url(&backend, "GET", &up.key, None, &extras)
-                            .map(|(url, expires_in)| {
+                            .map(|signed| {
                                 serde_json::json!({
                                     "s3_key": up.key,
                                     "bucket": backend.config.target.bucket(),
-                                    "url": url,
-                                    "expires_in": expires_in,
+                                    "url": signed.url,
+                                    "expires_in": signed.expires_in,
                                     "size": up.size,
                                     "content_type": up.content_type,
                                 })

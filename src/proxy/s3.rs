@@ -49,8 +49,13 @@ pub(super) fn sign(
     } else {
         Payload::Empty
     };
+    let creds = backend.credentials().map_err(|_| {
+        let mut e = Error::explain(ErrorType::ConnectRefused, "S3 credentials unavailable");
+        e.esource = pingora::ErrorSource::Upstream;
+        e
+    })?;
     let signed = sign_headers(
-        &backend.credentials,
+        &creds,
         backend.config.target.region(),
         call.method,
         &call.uri,

@@ -56,10 +56,11 @@ impl ClientError {
 /// Largest store answer read (error documents, list pages, multipart results).
 const MAX_ANSWER: usize = 4 * 1024 * 1024;
 
-/// The bucket a request is for, with the credentials that sign it.
-#[derive(Clone, Copy)]
+/// The bucket a request is for, with the credentials that sign it (taken when the request
+/// is made: a long upload signs each part with the set current then).
+#[derive(Clone)]
 pub struct Bucket<'a> {
-    pub creds: &'a Credentials,
+    pub creds: std::sync::Arc<Credentials>,
     pub target: &'a S3Target,
 }
 
@@ -182,7 +183,7 @@ impl StoreClient {
         payload: Payload,
     ) -> Result<(HeaderMap, Bytes), ClientError> {
         let signed = sign_headers(
-            b.creds,
+            &b.creds,
             b.target.region(),
             method.as_str(),
             &uri,

@@ -31,7 +31,8 @@ const RESOLVE_TTL: Duration = Duration::from_secs(60);
 /// The bucket Portier signs for: the only holder of the AWS credentials.
 pub struct S3Backend {
     pub config: S3Config,
-    pub credentials: Credentials,
+    /// The AWS credentials, refreshed in the background.
+    pub creds: super::CredentialCache,
     /// For the requests Portier makes itself (the file API).
     pub client: super::client::StoreClient,
     host: String,
@@ -42,7 +43,8 @@ pub struct S3Backend {
 
 impl S3Backend {
     pub fn new(config: &S3Config) -> Result<S3Backend, FrontError> {
-        let credentials = Credentials::from_env(&config.env).map_err(FrontError::Credentials)?;
+        let creds = super::CredentialCache::new(config.credentials.clone(), config.target.region())
+            .map_err(FrontError::Credentials)?;
         let ep = config.target.endpoint();
         let tls = ep.scheme_str() == Some("https");
         let port = ep.port_u16().unwrap_or(if tls { 443 } else { 80 });
@@ -58,7 +60,7 @@ impl S3Backend {
                 .collect();
         Ok(S3Backend {
             config: config.clone(),
-            credentials,
+            creds,
             client: super::client::StoreClient::new().map_err(FrontError::Client)?,
             host: connect_host,
             port,
@@ -67,12 +69,17 @@ impl S3Backend {
         })
     }
 
-    /// The bucket and the credentials that sign for it, for the store client.
-    pub fn bucket(&self) -> super::client::Bucket<'_> {
-        super::client::Bucket {
-            creds: &self.credentials,
+    /// The credentials to sign with now, or 503 `s3_credentials_unavailable`.
+    pub fn credentials(&self) -> Result<std::sync::Arc<Credentials>, Reason> {
+        self.creds.current().ok_or(Reason::S3CredentialsUnavailable)
+    }
+
+    /// The bucket and the credentials that sign for it now, for the store client.
+    pub fn bucket(&self) -> Result<super::client::Bucket<'_>, Reason> {
+        Ok(super::client::Bucket {
+            creds: self.credentials()?,
             target: &self.config.target,
-        }
+        })
     }
 
     /// The name TLS verifies and SNI carries.
@@ -129,6 +136,11 @@ pub fn keep_client_header(name: &str) -> bool {
             // The store answers it (100 Continue) when Portier did not read the body first.
             | "expect"
     ) || name.starts_with("x-amz-meta-")
+}
+
+/// Decodes one query value (percent-escapes; `+` is a space).
+pub fn decode_query_value(s: &str) -> Option<String> {
+    form_decode(s)
 }
 
 /// Decodes one `application/x-www-form-urlencoded` component (`+` is a space).

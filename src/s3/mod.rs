@@ -4,6 +4,7 @@
 //! elsewhere; this module performs no I/O except the embedded store.
 
 pub mod client;
+pub mod credentials;
 pub mod front;
 pub mod key;
 pub mod sign;
@@ -12,6 +13,7 @@ pub mod store;
 #[cfg(test)]
 mod tests;
 
+pub use credentials::{AssumeRole, CredentialCache, CredentialSource, CredentialSpec};
 pub use key::{
     canonical_key, encode_key_for_path, encode_query_component, is_valid_user_id, kind_folder,
     owned_by, KeyError, MAX_KEY_BYTES,
@@ -20,13 +22,14 @@ pub use sign::{
     is_signed_header, presign, presign_with, query_string, sign_headers, Addressing, Credentials,
     EnvNames, Payload, PresignExtras, S3Target, SignError, MAX_PRESIGN_EXPIRY,
 };
-pub use store::{generate_keys, start, EmbeddedStore, StoreError};
+pub use store::{generate_keys, start, start_with_keys, EmbeddedStore, KeyRing, StoreError};
 
 /// The bucket behind the reserved upstream `s3`, as checked from `config.toml`'s `[s3]`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct S3Config {
     pub target: S3Target,
-    pub env: EnvNames,
+    /// Where the AWS credentials come from.
+    pub credentials: CredentialSpec,
     pub presign_default: std::time::Duration,
     pub presign_max: std::time::Duration,
     pub presign_stable: std::time::Duration,

@@ -361,6 +361,31 @@ impl Credentials {
     pub fn has_session_token(&self) -> bool {
         self.inner.session_token().is_some()
     }
+
+    /// When these credentials stop working (temporary credentials); `None` for static keys.
+    pub fn expiry(&self) -> Option<SystemTime> {
+        self.inner.expiry()
+    }
+
+    /// Credentials a provider of the AWS credential chain returned, checked like any other.
+    pub fn from_provided(c: aws_credential_types::Credentials) -> Result<Self, SignError> {
+        let names = EnvNames {
+            access_key_id: "the provider's access key id".to_owned(),
+            secret_access_key: "the provider's secret".to_owned(),
+            session_token: "the provider's session token".to_owned(),
+        };
+        let ok = |s: &str| visible_ascii(s);
+        if !ok(c.access_key_id()) || c.access_key_id().contains('/') {
+            return Err(SignError::InvalidCredential(names.access_key_id));
+        }
+        if !ok(c.secret_access_key()) {
+            return Err(SignError::InvalidCredential(names.secret_access_key));
+        }
+        if c.session_token().is_some_and(|t| !ok(t)) {
+            return Err(SignError::InvalidCredential(names.session_token));
+        }
+        Ok(Self { inner: c })
+    }
 }
 
 /// What the signature says about the body.

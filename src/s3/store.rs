@@ -3,15 +3,19 @@
 //! signing path as a real bucket. It runs on the current tokio runtime and stops when the
 //! [`EmbeddedStore`] is dropped. It answers path-style requests only.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
 
 use hyper_util::rt::TokioIo;
 use rand::distr::{Alphanumeric, SampleString};
-use s3s::auth::SimpleAuth;
+use s3s::access::{S3Access, S3AccessContext};
+use s3s::auth::{S3Auth, SecretKey};
 use s3s::service::{S3Service, S3ServiceBuilder};
+use s3s::{s3_error, S3Result};
 use thiserror::Error;
 use tokio::net::TcpListener;
 use tokio::task::{JoinHandle, JoinSet};
@@ -42,6 +46,8 @@ pub struct EmbeddedStore {
     pub addr: SocketAddr,
     pub access_key: String,
     pub secret_key: String,
+    /// The pairs it accepts (rotate temporary credentials through it).
+    pub keys: KeyRing,
     /// The directory whose subdirectories are buckets.
     pub root: PathBuf,
     pub bucket: String,
@@ -78,6 +84,118 @@ impl Drop for EmbeddedStore {
     }
 }
 
+/// The key pairs a store accepts, changeable while it runs (tests rotate temporary
+/// credentials through it). A pair with a session token is accepted only with that token; a
+/// pair with an expiry only until then, as S3 does with temporary credentials.
+#[derive(Clone, Default)]
+pub struct KeyRing(Arc<Mutex<HashMap<String, RingKey>>>);
+
+#[derive(Clone)]
+struct RingKey {
+    secret: String,
+    token: Option<String>,
+    expiry: Option<SystemTime>,
+}
+
+impl fmt::Debug for KeyRing {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.0.lock().map(|m| m.len()).unwrap_or(0);
+        f.debug_struct("KeyRing").field("keys", &n).finish()
+    }
+}
+
+impl KeyRing {
+    pub fn single(access_key: &str, secret_key: &str) -> KeyRing {
+        let ring = KeyRing::default();
+        ring.add(access_key, secret_key, None, None);
+        ring
+    }
+
+    /// Accepts a pair (with its session token and expiry, for temporary credentials).
+    pub fn add(
+        &self,
+        access_key: &str,
+        secret_key: &str,
+        token: Option<&str>,
+        expiry: Option<SystemTime>,
+    ) {
+        if let Ok(mut m) = self.0.lock() {
+            m.insert(
+                access_key.to_string(),
+                RingKey {
+                    secret: secret_key.to_string(),
+                    token: token.map(str::to_string),
+                    expiry,
+                },
+            );
+        }
+    }
+
+    /// Stops accepting a pair.
+    pub fn remove(&self, access_key: &str) {
+        if let Ok(mut m) = self.0.lock() {
+            m.remove(access_key);
+        }
+    }
+
+    fn get(&self, access_key: &str) -> Option<RingKey> {
+        let key = self.0.lock().ok()?.get(access_key)?.clone();
+        match key.expiry {
+            Some(exp) if SystemTime::now() >= exp => None,
+            _ => Some(key),
+        }
+    }
+}
+
+struct RingAuth(KeyRing);
+
+#[async_trait::async_trait]
+impl S3Auth for RingAuth {
+    async fn get_secret_key(&self, access_key: &str) -> S3Result<SecretKey> {
+        match self.0.get(access_key) {
+            Some(k) => Ok(SecretKey::from(k.secret)),
+            None => Err(s3_error!(
+                InvalidAccessKeyId,
+                "unknown or expired access key"
+            )),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl S3Access for RingAccess {
+    async fn check(&self, cx: &mut S3AccessContext<'_>) -> S3Result<()> {
+        let Some(ak) = cx.credentials().map(|c| c.access_key.clone()) else {
+            return Err(s3_error!(AccessDenied, "Signature is required"));
+        };
+        let Some(key) = self.0.get(&ak) else {
+            return Err(s3_error!(
+                InvalidAccessKeyId,
+                "unknown or expired access key"
+            ));
+        };
+        if let Some(want) = key.token {
+            let header = cx
+                .headers()
+                .get("x-amz-security-token")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string);
+            let query = cx.uri().query().and_then(|q| {
+                q.split('&').find_map(|p| {
+                    p.strip_prefix("X-Amz-Security-Token=")
+                        .map(super::front::decode_query_value)
+                })
+            });
+            if header.or(query.flatten()).as_deref() != Some(want.as_str()) {
+                return Err(s3_error!(InvalidToken, "the session token does not match"));
+            }
+        }
+        Ok(())
+    }
+}
+
+struct RingAccess(KeyRing);
+
 /// A fresh random key pair for a dev store (20 and 40 alphanumerics, AWS-shaped).
 pub fn generate_keys() -> (String, String) {
     let mut rng = rand::rng();
@@ -96,11 +214,23 @@ pub async fn start(
     access_key: &str,
     secret_key: &str,
 ) -> Result<EmbeddedStore, StoreError> {
-    check_bucket_name(bucket).map_err(StoreError::InvalidBucket)?;
     let visible = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_graphic());
     if !visible(access_key) || access_key.contains('/') || !visible(secret_key) {
         return Err(StoreError::InvalidKeys);
     }
+    let mut store = start_with_keys(root, bucket, KeyRing::single(access_key, secret_key)).await?;
+    store.access_key = access_key.to_owned();
+    store.secret_key = secret_key.to_owned();
+    Ok(store)
+}
+
+/// Starts a store that accepts the pairs of `keys`, which can change while it runs.
+pub async fn start_with_keys(
+    root: PathBuf,
+    bucket: &str,
+    keys: KeyRing,
+) -> Result<EmbeddedStore, StoreError> {
+    check_bucket_name(bucket).map_err(StoreError::InvalidBucket)?;
     let bucket_dir = root.join(bucket);
     tokio::fs::create_dir_all(&bucket_dir)
         .await
@@ -114,7 +244,8 @@ pub async fn start(
         reason: format!("{e:?}"),
     })?;
     let mut builder = S3ServiceBuilder::new(fs);
-    builder.set_auth(SimpleAuth::from_single(access_key, secret_key));
+    builder.set_auth(RingAuth(keys.clone()));
+    builder.set_access(RingAccess(keys.clone()));
     let service = builder.build();
 
     let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
@@ -124,8 +255,9 @@ pub async fn start(
     let task = tokio::spawn(accept_loop(listener, service));
     Ok(EmbeddedStore {
         addr,
-        access_key: access_key.to_owned(),
-        secret_key: secret_key.to_owned(),
+        access_key: String::new(),
+        secret_key: String::new(),
+        keys,
         root,
         bucket: bucket.to_owned(),
         task,

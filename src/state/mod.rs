@@ -134,7 +134,19 @@ impl Gateway {
 
     /// True when the gateway can decide requests: keys loaded and a policy set active.
     pub fn ready(&self) -> bool {
-        self.live().verifier.jwks.has_keys()
+        self.readiness().is_ok()
+    }
+
+    /// Ready, or why not: signing keys loaded, and the bucket's credentials when `[s3]` is set.
+    pub fn readiness(&self) -> Result<(), String> {
+        let live = self.live();
+        if !live.verifier.jwks.has_keys() {
+            return Err("signing keys not loaded".into());
+        }
+        match live.s3.as_ref().and_then(|b| b.creds.not_ready()) {
+            Some(why) => Err(why),
+            None => Ok(()),
+        }
     }
 
     /// Writes out buffered decision-log lines (done every second and at shutdown).
@@ -143,6 +155,8 @@ impl Gateway {
     }
 
     pub fn render_metrics(&self) -> String {
-        self.metrics.render(&self.verifier())
+        let live = self.live();
+        self.metrics
+            .render(&live.verifier, live.s3.as_ref().map(|b| &b.creds))
     }
 }

@@ -5,6 +5,7 @@
 mod auth;
 mod cli;
 mod common;
+mod credentials;
 mod files;
 mod flask;
 mod guards;

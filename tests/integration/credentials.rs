@@ -1,0 +1,352 @@
+//! AWS credentials from the SDKs' sources, refreshed ahead of expiry: a container-credentials
+//! endpoint on 127.0.0.1 (the ECS protocol aws-config speaks through
+//! `AWS_CONTAINER_CREDENTIALS_FULL_URI`) hands out short-lived keys with session tokens and
+//! rotates them; the signature-checking store accepts each set only with its token and only
+//! until it expires.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use portier::dev::{json_response, serve};
+use portier::s3::{self, EmbeddedStore, KeyRing};
+use serde_json::json;
+
+use crate::common::*;
+
+const LIFETIME: u64 = 12;
+
+/// A container-credentials endpoint: each fetch mints a new set valid for `LIFETIME` seconds
+/// and registers it with the store.
+struct CredentialServer {
+    url: String,
+    up: Arc<AtomicBool>,
+    fetches: Arc<AtomicUsize>,
+    issued: Arc<Mutex<Vec<String>>>,
+}
+
+impl CredentialServer {
+    fn start(ring: KeyRing) -> CredentialServer {
+        let (l, addr) = listener();
+        let up = Arc::new(AtomicBool::new(true));
+        let fetches = Arc::new(AtomicUsize::new(0));
+        let issued = Arc::new(Mutex::new(Vec::new()));
+        let (u, f, i) = (up.clone(), fetches.clone(), issued.clone());
+        runtime().spawn(serve(
+            l,
+            Arc::new(move |_parts| {
+                if !u.load(Ordering::SeqCst) {
+                    return json_response(500, &json!({"error": "down"}));
+                }
+                let n = f.fetch_add(1, Ordering::SeqCst);
+                let (ak, sk) = s3::generate_keys();
+                let token = format!("tok{n}{}", &sk[..12]);
+                let exp = SystemTime::now() + Duration::from_secs(LIFETIME);
+                ring.add(&ak, &sk, Some(&token), Some(exp));
+                if let Ok(mut i) = i.lock() {
+                    i.push(sk.clone());
+                    i.push(token.clone());
+                }
+                let secs = exp.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs() as i64;
+                json_response(
+                    200,
+                    &json!({
+                        "AccessKeyId": ak,
+                        "SecretAccessKey": sk,
+                        "Token": token,
+                        "Expiration": portier::decision_log::rfc3339_at(secs),
+                    }),
+                )
+            }),
+        ));
+        CredentialServer {
+            url: format!("http://{addr}/v2/credentials/portier"),
+            up,
+            fetches,
+            issued,
+        }
+    }
+}
+
+const POLICIES: &str = r#"
+[[route]]
+name = "files"
+path = "/api/files/{key..}"
+methods = ["GET", "PUT"]
+upstream = "s3"
+s3 = "object"
+owner = "key"
+
+[[route]]
+name = "presign"
+path = "/api/files/presigned-url"
+methods = ["POST"]
+upstream = "s3"
+s3 = "presign"
+presign_for = "files"
+"#;
+
+fn world(store: &EmbeddedStore, credentials: &str) -> (World, TempDir) {
+    let endpoint = store.endpoint();
+    let credentials = credentials.to_string();
+    let w = World::start_with(|s| {
+        s.policies = POLICIES.into();
+        s.extra_config = format!(
+            "[s3]\nendpoint = \"{endpoint}\"\nregion = \"us-east-1\"\nbucket = \"media\"\naddressing = \"path\"\npresign_max_seconds = 3600\n{credentials}\n"
+        );
+    });
+    (w, TempDir::new())
+}
+
+/// Why the bucket's credentials are not usable, if they are not.
+fn creds_not_ready(w: &World) -> Option<String> {
+    w.portier
+        .gateway
+        .live()
+        .s3
+        .as_ref()
+        .and_then(|b| b.creds.not_ready())
+}
+
+fn put(w: &World, tok: &str, key: &str, body: &[u8]) -> Resp {
+    let auth = bearer(tok);
+    send_body(
+        w.portier.addr,
+        "PUT",
+        &format!("/api/files/{key}"),
+        &[("Authorization", &auth)],
+        body,
+        false,
+    )
+}
+
+#[test]
+fn temporary_credentials_rotate_without_a_failed_request_and_an_outage_is_503_until_recovery() {
+    let root = TempDir::new();
+    let ring = KeyRing::default();
+    let store = runtime()
+        .block_on(s3::start_with_keys(root.0.clone(), "media", ring.clone()))
+        .expect("store");
+    let creds = CredentialServer::start(ring);
+    // The ECS / EKS container protocol, as aws-config reads it from the environment.
+    std::env::set_var("AWS_CONTAINER_CREDENTIALS_FULL_URI", &creds.url);
+    let (w, _tmp) = world(
+        &store,
+        "[s3.credentials]\nsource = \"container\"\nrefresh_before_seconds = 600\n",
+    );
+    let me = token("user_cred");
+    let start = Instant::now();
+    while let Some(why) = creds_not_ready(&w) {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "credentials never loaded: {why}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // 1. Several rotations under continuous traffic: no request fails.
+    let (mut sent, mut failed) = (0, Vec::new());
+    let deadline = Instant::now() + Duration::from_secs(3 * LIFETIME);
+    let mut fresh = me.clone();
+    let mut minted = Instant::now();
+    while Instant::now() < deadline {
+        if minted.elapsed() > Duration::from_secs(40) {
+            fresh = token("user_cred");
+            minted = Instant::now();
+        }
+        let r = put(&w, &fresh, "user_cred/docs/a.txt", b"rotating");
+        sent += 1;
+        if r.status != 200 {
+            failed.push(format!("{} {}", r.status, r.body));
+        }
+        std::thread::sleep(Duration::from_millis(150));
+    }
+    assert!(
+        failed.is_empty(),
+        "{} of {sent} failed: {:?}",
+        failed.len(),
+        &failed[..failed.len().min(5)]
+    );
+    let rotations = creds.fetches.load(Ordering::SeqCst);
+    assert!(
+        rotations >= 4,
+        "only {rotations} fetches in {}s",
+        3 * LIFETIME
+    );
+    // A presigned URL never outlives the credentials that signed it.
+    let auth = bearer(&token("user_cred"));
+    let r = send_body(
+        w.portier.addr,
+        "POST",
+        "/api/files/presigned-url",
+        &[("Authorization", &auth)],
+        json!({"key": "user_cred/docs/a.txt", "method": "GET", "expires_in": 3600})
+            .to_string()
+            .as_bytes(),
+        false,
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let left = r.json()["expires_in"].as_u64().unwrap_or(9999);
+    assert!(left <= LIFETIME, "{left}");
+    assert_eq!(r.json()["expires_in_capped_by"], "credentials");
+    // 2. The endpoint goes down: the current set keeps serving until it expires...
+    creds.up.store(false, Ordering::SeqCst);
+    let down_at = Instant::now();
+    let tok = token("user_cred");
+    let mut first_503 = None;
+    while down_at.elapsed() < Duration::from_secs(LIFETIME + 5) {
+        let r = put(&w, &tok, "user_cred/docs/b.txt", b"outage");
+        match r.status {
+            200 => assert!(first_503.is_none(), "served again before recovery"),
+            503 => {
+                assert_eq!(r.reason(), "s3_credentials_unavailable");
+                first_503.get_or_insert(down_at.elapsed());
+                break;
+            }
+            other => panic!("unexpected {other} {}", r.body),
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let first_503 = first_503.expect("503 once the last set expired");
+    assert!(
+        first_503 >= Duration::from_secs(1),
+        "kept the current set: {first_503:?}"
+    );
+    assert!(
+        creds_not_ready(&w).is_some(),
+        "not ready without credentials"
+    );
+    // ...and requests recover on their own when it is back.
+    creds.up.store(true, Ordering::SeqCst);
+    let back = Instant::now();
+    loop {
+        let r = put(&w, &token("user_cred"), "user_cred/docs/c.txt", b"back");
+        if r.status == 200 {
+            break;
+        }
+        assert_eq!(r.reason(), "s3_credentials_unavailable");
+        assert!(back.elapsed() < Duration::from_secs(20), "did not recover");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let m = w.portier.gateway.render_metrics();
+    assert!(
+        m.contains("portier_s3_credentials_source{source=\"container\"} 1"),
+        "{m}"
+    );
+    assert!(
+        m.contains("portier_s3_credential_refreshes_total{result=\"error\"}"),
+        "{m}"
+    );
+    // No secret or session token reaches a log line or the metrics.
+    let logs = captured_logs();
+    let issued = creds.issued.lock().map(|i| i.clone()).unwrap_or_default();
+    for secret in issued {
+        assert!(!logs.contains(&secret), "a credential reached the log");
+        assert!(!m.contains(&secret), "a credential reached the metrics");
+    }
+    std::env::remove_var("AWS_CONTAINER_CREDENTIALS_FULL_URI");
+}
+
+#[test]
+fn a_named_profile_from_files_in_a_temp_dir() {
+    let root = TempDir::new();
+    let (ak, sk) = s3::generate_keys();
+    let store = runtime()
+        .block_on(s3::start(root.0.clone(), "media", &ak, &sk))
+        .expect("store");
+    let dir = TempDir::new();
+    let cfg = dir.0.join("config");
+    let cred = dir.0.join("credentials");
+    std::fs::write(&cfg, "[profile media]\nregion = us-east-1\n").expect("config");
+    std::fs::write(
+        &cred,
+        format!("[media]\naws_access_key_id = {ak}\naws_secret_access_key = {sk}\n"),
+    )
+    .expect("credentials");
+    let (w, _tmp) = world(
+        &store,
+        &format!(
+            "[s3.credentials]\nsource = \"profile\"\nprofile = \"media\"\nconfig_file = \"{}\"\ncredentials_file = \"{}\"\n",
+            cfg.display(),
+            cred.display()
+        ),
+    );
+    let start = Instant::now();
+    while let Some(why) = creds_not_ready(&w) {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "profile never loaded: {why}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let r = put(&w, &token("user_prof"), "user_prof/docs/a.txt", b"profile");
+    assert_eq!(r.status, 200, "{}", r.body);
+    // A profile that does not exist: not ready, and S3 requests are 503, not 502.
+    let missing = dir.0.join("empty");
+    std::fs::write(&missing, "").expect("empty");
+    let (w2, _t2) = world(
+        &store,
+        &format!(
+            "[s3.credentials]\nsource = \"profile\"\nprofile = \"nope\"\ncredentials_file = \"{}\"\nconfig_file = \"{}\"\n",
+            missing.display(),
+            missing.display()
+        ),
+    );
+    std::thread::sleep(Duration::from_millis(1500));
+    let why = creds_not_ready(&w2).expect("not ready");
+    assert!(why.contains("profile source"), "{why}");
+    let r = put(&w2, &token("user_prof"), "user_prof/docs/b.txt", b"x");
+    assert_eq!(
+        (r.status, r.reason().as_str()),
+        (503, "s3_credentials_unavailable")
+    );
+}
+
+#[test]
+fn the_standard_env_vars_through_portier_run() {
+    let root = TempDir::new();
+    let (ak, sk) = s3::generate_keys();
+    let store = runtime()
+        .block_on(s3::start(root.0.clone(), "media", &ak, &sk))
+        .expect("store");
+    let jwks = JwksServer::start(vec![issuer().jwk()]);
+    let up = Upstream::start();
+    let mut setup = Setup::new(&jwks, &up, &up);
+    setup.policies = POLICIES.into();
+    setup.extra_config = format!(
+        "[s3]\nendpoint = \"{}\"\nregion = \"us-east-1\"\nbucket = \"media\"\naddressing = \"path\"\n[s3.credentials]\nsource = \"env\"\n",
+        store.endpoint()
+    );
+    let (dir, cfg, addr) = setup.write();
+    // The standard names, set for this replica only.
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_portier"))
+        .args(["run", "-c"])
+        .arg(&cfg)
+        .env("AWS_ACCESS_KEY_ID", &ak)
+        .env("AWS_SECRET_ACCESS_KEY", &sk)
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("portier run");
+    assert!(portier::server::wait_listening(
+        addr,
+        Duration::from_secs(15)
+    ));
+    let auth = bearer(&token("user_env"));
+    let r = send_body(
+        addr,
+        "PUT",
+        "/api/files/user_env/docs/a.txt",
+        &[("Authorization", &auth)],
+        b"from env",
+        false,
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+    drop(dir);
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(
+        std::fs::read(root.0.join("media/user_env/docs/a.txt")).expect("stored"),
+        b"from env"
+    );
+}
