@@ -1,7 +1,9 @@
-//! Streaming memory bench for the S3 front door (issue 3): a 1 GiB PUT and GET generated on the
-//! fly, through Portier (`portier run`, release build, as a child process) and directly to the
-//! store, against the embedded signature-checking S3 store. Prints throughput and Portier's
-//! peak RSS (VmHWM). Everything on 127.0.0.1; the object is deleted at the end.
+//! Streaming memory bench for the S3 front door and the egress listener: a 1 GiB PUT and GET
+//! generated on the fly, through Portier (`portier run`, release build, as a child process)
+//! and directly to the store, against the embedded signature-checking S3 store; then boto3's
+//! `upload_file`/`download_file` of a 1 GiB file (multipart, 8 MiB parts, 10 threads) through
+//! the egress listener and directly (`benches/egress_upload.py`, the `.venv` python). Prints
+//! throughput and Portier's peak RSS (VmHWM). Everything on 127.0.0.1; objects are deleted.
 //!
 //! cargo build --release --bin portier --example s3_stream && target/release/examples/s3_stream [MiB]
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -43,10 +45,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         jwks,
         Arc::new(move |_| portier::serve::json_response(200, &doc)),
     ));
-    let listen = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0")?;
-        l.local_addr()?
+    let free = || -> std::io::Result<SocketAddr> {
+        std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()
     };
+    let (listen, egress) = (free()?, free()?);
     std::fs::write(
         dir.join("config.toml"),
         format!(
@@ -70,6 +72,15 @@ addressing = "path"
 access_key_id_env = "BENCH_S3_AK"
 secret_access_key_env = "BENCH_S3_SK"
 session_token_env = "BENCH_S3_NO_TOKEN"
+[egress]
+listen = "{egress}"
+bucket = "media"
+[egress.services.bench]
+access_key_id = "{EGRESS_KEY}"
+secret_env = "BENCH_EGRESS_SECRET"
+[[egress.services.bench.allow]]
+operations = ["*"]
+keys = ["user_*/**"]
 "#,
             store = store.addr
         ),
@@ -89,11 +100,14 @@ session_token_env = "BENCH_S3_NO_TOKEN"
         .arg(dir.join("config.toml"))
         .env("BENCH_S3_AK", &ak)
         .env("BENCH_S3_SK", &sk)
+        .env("BENCH_EGRESS_SECRET", EGRESS_SECRET)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .spawn()?;
     let pid = child.id();
-    if !portier::server::wait_listening(listen, Duration::from_secs(10)) {
+    if !portier::server::wait_listening(listen, Duration::from_secs(10))
+        || !portier::server::wait_listening(egress, Duration::from_secs(10))
+    {
         return Err("portier did not start".into());
     }
     let token = issuer.token(&issuer.claims("user_bench", "https://bench", 3600));
@@ -201,11 +215,103 @@ session_token_env = "BENCH_S3_NO_TOKEN"
         rss1 / 1024
     );
 
+    // boto3 through the egress listener (re-signed by Portier) and straight to the store.
+    let file = dir.join("upload.bin");
+    {
+        let mut f = std::io::BufWriter::new(std::fs::File::create(&file)?);
+        let chunk: Vec<u8> = (0..CHUNK).map(|i| (i * 7 % 253) as u8).collect();
+        let mut left = total;
+        while left > 0 {
+            let n = left.min(CHUNK as u64) as usize;
+            f.write_all(&chunk[..n])?;
+            left -= n as u64;
+        }
+        f.flush()?;
+    }
+    let via = boto3(
+        &format!("http://{egress}"),
+        "media",
+        EGRESS_KEY,
+        EGRESS_SECRET,
+        &file,
+        "user_bench/videos/egress.bin",
+    )?;
+    let direct = boto3(
+        &store.endpoint(),
+        "bench",
+        &ak,
+        &sk,
+        &file,
+        "user_bench/videos/direct.bin",
+    )?;
+    let rss2 = vm_hwm(pid);
+    println!();
+    println!(
+        "boto3 upload_file / download_file, {mib} MiB file (multipart, 8 MiB parts, 10 threads)"
+    );
+    println!("| transfer | via egress MiB/s | direct MiB/s | ratio |");
+    println!("|---|---:|---:|---:|");
+    for (what, v, d) in [
+        ("upload_file", via.0, direct.0),
+        ("download_file", via.1, direct.1),
+    ] {
+        println!(
+            "| {what} | {:.0} | {:.0} | {:.2} |",
+            total as f64 / 1048576.0 / v,
+            total as f64 / 1048576.0 / d,
+            d / v
+        );
+    }
+    println!(
+        "Portier peak RSS (VmHWM) after the egress transfers: {} MiB",
+        rss2 / 1024
+    );
+
     let _ = child.kill();
     let _ = child.wait();
     store.stop();
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
+}
+
+const EGRESS_KEY: &str = "PORTIERBENCHEGRESS1";
+const EGRESS_SECRET: &str = "bench-egress-local-secret-0123456789abcdef";
+
+/// Runs benches/egress_upload.py; returns (upload, download) seconds.
+fn boto3(
+    endpoint: &str,
+    bucket: &str,
+    key_id: &str,
+    secret: &str,
+    file: &std::path::Path,
+    key: &str,
+) -> Result<(f64, f64), Box<dyn std::error::Error>> {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let python =
+        std::env::var("PORTIER_PYTHON").unwrap_or_else(|_| format!("{root}/.venv/bin/python"));
+    let out = Command::new(python)
+        .arg(format!("{root}/benches/egress_upload.py"))
+        .args([endpoint, bucket, key_id, secret])
+        .arg(file)
+        .arg(key)
+        .env("AWS_CONFIG_FILE", "/nonexistent")
+        .env("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let secs = |what: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(what))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+    };
+    match (out.status.success(), secs("upload "), secs("download ")) {
+        (true, Some(u), Some(d)) => Ok((u, d)),
+        _ => Err(format!(
+            "boto3 via {endpoint}: {text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+        .into()),
+    }
 }
 
 fn assert_status(got: u16, want: u16, what: &str) -> Result<(), Box<dyn std::error::Error>> {

@@ -30,6 +30,9 @@ pub struct DecisionRecord<'a> {
     /// The kind folder of the key an S3 route touched (`images`, `videos`...).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub kind: Option<&'a str>,
+    /// The internal service of an egress request.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub service: Option<&'a str>,
     pub latency_us: u64,
     pub policy_generation: u64,
 }

@@ -256,7 +256,16 @@ pub const EMBEDDED_POLICIES: &[(&str, &str)] = &[
 ];
 
 /// The dev configuration: the shipped upstream names all pointing at the echo server.
-pub fn dev_config_toml(listen: SocketAddr, servers: &DevServers) -> String {
+/// The local access key id of the dev egress service (its secret is made up per run).
+pub const DEV_EGRESS_KEY_ID: &str = "PORTIERDEVSERVICE1";
+
+/// A local egress secret: 40 characters, like an AWS secret access key.
+pub fn random_local_secret() -> String {
+    let bytes: [u8; 30] = rand::random();
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+pub fn dev_config_toml(listen: SocketAddr, egress: SocketAddr, servers: &DevServers) -> String {
     format!(
         r#"
 [server]
@@ -296,6 +305,17 @@ addressing = "path"
 access_key_id_env = "PORTIER_DEV_S3_ACCESS_KEY_ID"
 secret_access_key_env = "PORTIER_DEV_S3_SECRET_ACCESS_KEY"
 session_token_env = "PORTIER_DEV_S3_SESSION_TOKEN"
+
+[egress]
+listen = "{egress}"
+bucket = "app-media"
+
+[egress.services.dev]
+access_key_id = "{DEV_EGRESS_KEY_ID}"
+secret_env = "PORTIER_DEV_EGRESS_SECRET"
+[[egress.services.dev.allow]]
+operations = ["read", "write", "delete"]
+keys = ["user_*/**"]
 "#,
         s3 = servers.s3.addr,
         jwks = servers.jwks_addr,

@@ -10,6 +10,7 @@ pub mod config;
 pub mod decision_log;
 pub mod dev;
 pub mod diag;
+pub mod egress;
 pub mod error;
 pub mod explain;
 pub mod files;

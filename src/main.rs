@@ -78,6 +78,9 @@ enum Cmd {
         /// The request body (`@file` reads a file), for routes decided on it.
         #[arg(short = 'd', long = "data")]
         data: Option<String>,
+        /// Explain a request to the egress listener by this service (path-style S3 target).
+        #[arg(long, conflicts_with_all = ["token", "claims"])]
+        egress: Option<String>,
         #[arg(long, value_enum, default_value = "text")]
         format: Format,
     },
@@ -96,6 +99,9 @@ enum Cmd {
         /// Policies directory (default: the policies embedded in the binary).
         #[arg(long)]
         policies: Option<PathBuf>,
+        /// The egress listener (S3 for boto3 services), as in the shipped config.
+        #[arg(long, default_value = "127.0.0.1:9100")]
+        egress: SocketAddr,
     },
     /// Mint a token from the running `portier dev` issuer.
     Token {
@@ -140,16 +146,31 @@ fn main() -> ExitCode {
             token,
             claims,
             data,
+            egress,
             format,
-        } => explain(
-            &config,
-            &method,
-            &target,
-            &headers,
-            (token, claims, data),
-            format,
-        ),
-        Cmd::Dev { listen, policies } => run_dev(listen, policies),
+        } => match egress {
+            Some(service) => explain_egress(
+                &config,
+                &service,
+                (&method, &target),
+                &headers,
+                data,
+                format,
+            ),
+            None => explain(
+                &config,
+                &method,
+                &target,
+                &headers,
+                (token, claims, data),
+                format,
+            ),
+        },
+        Cmd::Dev {
+            listen,
+            policies,
+            egress,
+        } => run_dev(listen, egress, policies),
         Cmd::Token {
             sub,
             plan,
@@ -200,6 +221,16 @@ fn check(config: &Path, format: Format, deny_warnings: bool) -> ExitCode {
     };
     let (set, mut findings) = PolicySet::compile_partial(&sources, known);
     findings.extend(lint_structure(&set));
+    let src = std::fs::read_to_string(config).unwrap_or_default();
+    findings.extend(portier::config::lint::redundant_egress_rules(
+        &cfg, config, &src,
+    ));
+    findings.extend(portier::config::lint::unset_secrets(
+        &cfg,
+        config,
+        &src,
+        |e| std::env::var_os(e).is_some_and(|v| !v.is_empty()),
+    ));
     let findings = findings.sorted();
     print_diags(&findings, format);
     let failed = findings.has_errors() || (deny_warnings && findings.warnings() > 0);
@@ -263,6 +294,56 @@ fn policy_test(config: &Path, cases: Option<PathBuf>) -> ExitCode {
     }
 }
 
+fn read_data(data: Option<&str>) -> anyhow::Result<Vec<u8>> {
+    Ok(match data {
+        Some(d) => match d.strip_prefix('@') {
+            Some(f) => std::fs::read(f).with_context(|| format!("reading {f}"))?,
+            None => d.as_bytes().to_vec(),
+        },
+        None => Vec::new(),
+    })
+}
+
+fn parse_headers(headers: &[String]) -> anyhow::Result<Vec<(String, String)>> {
+    headers
+        .iter()
+        .map(|h| {
+            h.split_once(':')
+                .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+                .ok_or_else(|| anyhow!("header {h:?} is not `Name: value`"))
+        })
+        .collect()
+}
+
+fn explain_egress(
+    config: &Path,
+    service: &str,
+    (method, target): (&str, &str),
+    headers: &[String],
+    data: Option<String>,
+    format: Format,
+) -> anyhow::Result<()> {
+    let body = read_data(data.as_deref())?;
+    let cfg = Config::load(config).map_err(|d| anyhow!("invalid config:\n{d}"))?;
+    let egress = cfg
+        .egress
+        .as_ref()
+        .ok_or_else(|| anyhow!("{} has no [egress] section", config.display()))?;
+    let mut map = http::HeaderMap::new();
+    for (k, v) in parse_headers(headers)? {
+        map.append(
+            http::HeaderName::from_bytes(k.to_ascii_lowercase().as_bytes())?,
+            http::HeaderValue::from_str(&v)?,
+        );
+    }
+    let report = portier::egress::explain::explain(egress, service, method, target, &map, &body)?;
+    match format {
+        Format::Text => print!("{}", report.render_text()),
+        Format::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+    }
+    Ok(())
+}
+
 fn explain(
     config: &Path,
     method: &str,
@@ -271,23 +352,10 @@ fn explain(
     (token, claims, data): (Option<String>, Option<PathBuf>, Option<String>),
     format: Format,
 ) -> anyhow::Result<()> {
-    let body = match data.as_deref() {
-        Some(d) => match d.strip_prefix('@') {
-            Some(f) => std::fs::read(f).with_context(|| format!("reading {f}"))?,
-            None => d.as_bytes().to_vec(),
-        },
-        None => Vec::new(),
-    };
+    let body = read_data(data.as_deref())?;
     let cfg = Config::load(config).map_err(|d| anyhow!("invalid config:\n{d}"))?;
     let set = PolicySet::load_config_dir(&cfg).map_err(|d| anyhow!("policies:\n{d}"))?;
-    let mut hs: Vec<(String, String)> = headers
-        .iter()
-        .map(|h| {
-            h.split_once(':')
-                .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
-                .ok_or_else(|| anyhow!("header {h:?} is not `Name: value`"))
-        })
-        .collect::<anyhow::Result<_>>()?;
+    let mut hs = parse_headers(headers)?;
     if let Some(t) = token {
         hs.push(("authorization".into(), format!("Bearer {t}")));
     }
@@ -380,7 +448,11 @@ fn warm_credentials(gw: &Gateway) {
     }
 }
 
-fn run_dev(listen: SocketAddr, policies: Option<PathBuf>) -> anyhow::Result<()> {
+fn run_dev(
+    listen: SocketAddr,
+    egress: SocketAddr,
+    policies: Option<PathBuf>,
+) -> anyhow::Result<()> {
     init_logging();
     let servers = dev::start_dev_servers().context("starting the dev issuer and echo upstream")?;
     // Webhook secrets for the shipped webhook routes, made up for this run.
@@ -390,9 +462,15 @@ fn run_dev(listen: SocketAddr, policies: Option<PathBuf>) -> anyhow::Result<()> 
     std::env::set_var("PORTIER_DEV_CLERK_WEBHOOK_SECRET", &clerk_secret);
     std::env::set_var("PORTIER_DEV_S3_ACCESS_KEY_ID", &servers.s3.access_key);
     std::env::set_var("PORTIER_DEV_S3_SECRET_ACCESS_KEY", &servers.s3.secret_key);
+    // The local key pair of the dev egress service: what a boto3 backend would be given.
+    let egress_secret = dev::random_local_secret();
+    std::env::set_var("PORTIER_DEV_EGRESS_SECRET", &egress_secret);
     servers.issuer.save(&dev::state_file())?;
-    let mut cfg = Config::parse(Path::new("<dev>"), &dev::dev_config_toml(listen, &servers))
-        .map_err(|d| anyhow!("dev config:\n{d}"))?;
+    let mut cfg = Config::parse(
+        Path::new("<dev>"),
+        &dev::dev_config_toml(listen, egress, &servers),
+    )
+    .map_err(|d| anyhow!("dev config:\n{d}"))?;
     cfg.verifier.issuer = servers.issuer.issuer.clone();
     // Edits to a policies directory apply live, as with `portier run`.
     let sources = Sources {
@@ -456,8 +534,14 @@ Try (tokens below are valid for 1 hour; mint more with `portier token --sub user
   curl -s -X POST http://{listen}/api/s3/presigned-url -H 'Authorization: Bearer {pro}' -d '{{"s3_key":"user_123/images/demo.png","expires_in":3600}}'
   curl -s -X DELETE http://{listen}/api/s3/delete -H 'Authorization: Bearer {pro}' -d '{{"s3_key":"user_123/images/demo.png"}}'
 
+  # a backend writing with boto3 through the egress listener (local keys, no AWS keys):
+  AWS_ENDPOINT_URL_S3=http://{egress} AWS_ACCESS_KEY_ID={egress_key} \
+  AWS_SECRET_ACCESS_KEY={egress_secret} AWS_DEFAULT_REGION=us-east-1 python3 -c \
+    'import boto3; s3 = boto3.client("s3"); s3.put_object(Bucket="app-media", Key="user_123/books/b.txt", Body=b"hi"); print(s3.list_objects_v2(Bucket="app-media", Prefix="user_123/")["KeyCount"])'
+
 Webhook secrets for this run: workers {worker_secret}  clerk {clerk_secret}
 "#,
+        egress_key = dev::DEV_EGRESS_KEY_ID,
         s3root = servers.s3.root.display(),
         iss = servers.issuer.issuer,
         jwks = servers.jwks_addr,

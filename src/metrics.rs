@@ -20,6 +20,7 @@ pub struct Metrics {
     pub reloads: IntCounterVec,
     pub restart_required: IntCounterVec,
     pub upgrades: IntCounterVec,
+    pub egress_requests: IntCounterVec,
     s3_credentials_source: prometheus::IntGaugeVec,
     s3_credentials_expiry: Gauge,
     s3_credential_refreshes: IntCounterVec,
@@ -137,6 +138,12 @@ impl Metrics {
                 "portier_s3_credential_refreshes_total",
                 "Fetches of the bucket's AWS credentials, by result",
                 &["result"],
+            )?,
+            egress_requests: counter_vec(
+                &r,
+                "portier_egress_requests_total",
+                "Egress requests by service, S3 operation and result",
+                &["service", "operation", "result"],
             )?,
             upgrades: counter_vec(
                 &r,

@@ -14,7 +14,7 @@ use pingora::services::background::background_service;
 
 use crate::admin::{Admin, CredentialRefresher, LogFlusher};
 use crate::config::Config;
-use crate::proxy::Portier;
+use crate::proxy::{Portier, Side};
 use crate::reload::Reloader;
 use crate::state::{ConfigInput, Gateway, PolicyInput, Sources, StartError};
 
@@ -39,12 +39,28 @@ pub fn build(cfg: &Config, sources: Sources) -> Result<Built, StartError> {
     for svc in health {
         server.add_service(svc);
     }
-    let mut svc =
-        pingora::proxy::http_proxy_service(&server.configuration, Portier(gateway.clone()));
+    let mut svc = pingora::proxy::http_proxy_service(
+        &server.configuration,
+        Portier {
+            gw: gateway.clone(),
+            side: Side::Public,
+        },
+    );
     for addr in &cfg.server.listen {
         svc.add_tcp(&addr.to_string());
     }
     server.add_service(svc);
+    if let Some(egress) = &cfg.egress {
+        let mut svc = pingora::proxy::http_proxy_service(
+            &server.configuration,
+            Portier {
+                gw: gateway.clone(),
+                side: Side::Egress,
+            },
+        );
+        svc.add_tcp(&egress.listen.to_string());
+        server.add_service(svc);
+    }
     server.add_service(background_service(
         "policy reloader",
         Reloader {

@@ -87,6 +87,7 @@ impl Checker<'_> {
             rate_limit,
             webhooks,
             s3,
+            egress,
         } = raw;
         let (server, trusted_proxies) = self.server(server);
         let (verifier, jwks_source, jwks_timing) = self.clerk(clerk, &base);
@@ -99,6 +100,7 @@ impl Checker<'_> {
         let rate_limit = self.rate_limit(rate_limit);
         let webhooks = self.webhooks(webhooks);
         let s3 = s3.and_then(|s| self.s3(s, &base));
+        let egress = egress.and_then(|e| self.egress(e, s3.as_ref()));
         if self.diags.has_errors() {
             return Err(self.diags.sorted());
         }
@@ -128,6 +130,7 @@ impl Checker<'_> {
             webhooks,
             trusted_proxies,
             s3,
+            egress,
         })
     }
 
@@ -640,6 +643,121 @@ impl Checker<'_> {
         webhooks
     }
 
+    fn egress(&mut self, raw: Spanned<RawEgress>, s3: Option<&S3Config>) -> Option<EgressConfig> {
+        use crate::egress::ops::{KeyGlob, Permission, Rule};
+        let at = raw.span().start;
+        let e = raw.into_inner();
+        let listen = match e.listen.get_ref().parse::<SocketAddr>() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                self.err(
+                    e.listen.span().start,
+                    "egress.listen",
+                    format!("{:?} is not an address:port", e.listen.get_ref()),
+                );
+                None
+            }
+        };
+        let Some(s3) = s3 else {
+            self.err(
+                at,
+                "egress",
+                "egress signs for the bucket of [s3]: configure [s3]",
+            );
+            return None;
+        };
+        if e.services.is_empty() {
+            self.err(at, "egress.services", "declare at least one service");
+        }
+        let mut services = BTreeMap::new();
+        let mut key_ids = HashSet::new();
+        for (name, svc) in e.services {
+            let sat = svc.span().start;
+            let svc = svc.into_inner();
+            let key = format!("egress.services.{name}");
+            let ak = &svc.access_key_id;
+            if ak.len() < 16
+                || !ak
+                    .bytes()
+                    .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit())
+            {
+                self.err(
+                    sat,
+                    &format!("{key}.access_key_id"),
+                    "16 or more upper-case letters and digits, like an AWS access key id",
+                );
+            }
+            if !key_ids.insert(ak.clone()) {
+                self.err(
+                    sat,
+                    &format!("{key}.access_key_id"),
+                    format!("{ak:?} is used by another service"),
+                );
+            }
+            if svc.secret_env.is_empty() {
+                self.err(
+                    sat,
+                    &format!("{key}.secret_env"),
+                    "name the env var holding the secret",
+                );
+            }
+            if svc.allow.is_empty() {
+                self.err(
+                    sat,
+                    &format!("{key}.allow"),
+                    "list what the service may do ([[...allow]] operations, keys): nothing is allowed by default",
+                );
+            }
+            let mut rules = Vec::new();
+            for (i, r) in svc.allow.into_iter().enumerate() {
+                let rkey = format!("{key}.allow[{i}]");
+                let mut permissions = Vec::new();
+                for op in &r.operations {
+                    match Permission::parse(op) {
+                        Some(ps) => permissions.extend(ps),
+                        None => self.err(
+                            sat,
+                            &format!("{rkey}.operations"),
+                            format!("unknown operation {op:?} (GetObject, HeadObject, PutObject, DeleteObject, ListObjectsV2, read, write, delete, *)"),
+                        ),
+                    }
+                }
+                permissions.sort();
+                permissions.dedup();
+                let mut keys = Vec::new();
+                for k in &r.keys {
+                    match KeyGlob::new(k) {
+                        Ok(g) => keys.push(g),
+                        Err(m) => self.err(sat, &format!("{rkey}.keys"), format!("{k:?}: {m}")),
+                    }
+                }
+                if r.operations.is_empty() || r.keys.is_empty() {
+                    self.err(sat, &rkey, "a rule lists operations and keys");
+                }
+                let rule = Rule { permissions, keys };
+                if rules.contains(&rule) {
+                    self.err(sat, &rkey, "the same rule is listed twice");
+                }
+                rules.push(rule);
+            }
+            services.insert(
+                name.clone(),
+                EgressService {
+                    name,
+                    access_key_id: svc.access_key_id,
+                    secret_env: svc.secret_env,
+                    rules,
+                },
+            );
+        }
+        Some(EgressConfig {
+            listen: listen?,
+            bucket: e.bucket.unwrap_or_else(|| s3.target.bucket().to_string()),
+            region: e.region.unwrap_or_else(|| s3.target.region().to_string()),
+            services,
+        })
+    }
+
     /// `[s3.credentials]`, or the static env names, or the default chain.
     fn s3_credentials(
         &mut self,
@@ -787,7 +905,12 @@ impl Checker<'_> {
             );
         }
         let credentials = self.s3_credentials(at, &r, base);
-        match crate::s3::S3Target::new(r.endpoint.get_ref(), &r.region, &r.bucket, addressing) {
+        match crate::s3::S3Target::new(
+            r.endpoint.get_ref(),
+            r.region.get_ref(),
+            r.bucket.get_ref(),
+            addressing,
+        ) {
             Ok(target) => Some(S3Config {
                 target,
                 credentials: credentials?,
@@ -803,7 +926,13 @@ impl Checker<'_> {
                 read_timeout: Duration::from_millis(r.read_timeout_ms),
             }),
             Err(e) => {
-                self.err(r.endpoint.span().start, "s3.endpoint", e.to_string());
+                use crate::s3::SignError;
+                let (at, key) = match e {
+                    SignError::InvalidBucket(_) => (r.bucket.span().start, "s3.bucket"),
+                    SignError::InvalidRegion => (r.region.span().start, "s3.region"),
+                    _ => (r.endpoint.span().start, "s3.endpoint"),
+                };
+                self.err(at, key, e.to_string());
                 None
             }
         }

@@ -5,6 +5,7 @@
 //! are never in this file: it names the environment variables or files that hold them.
 
 mod check;
+pub mod lint;
 mod raw;
 pub mod types;
 

@@ -34,6 +34,41 @@ pub(super) struct RawConfig {
     pub(super) webhooks: BTreeMap<String, Spanned<RawWebhook>>,
     #[serde(default)]
     pub(super) s3: Option<Spanned<RawS3>>,
+    #[serde(default)]
+    pub(super) egress: Option<Spanned<RawEgress>>,
+}
+
+/// `[egress]`: the listener internal services reach the bucket through.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawEgress {
+    pub(super) listen: Spanned<String>,
+    /// The bucket name the services use (default: `[s3] bucket`).
+    #[serde(default)]
+    pub(super) bucket: Option<String>,
+    /// The region the services sign for (default: `[s3] region`).
+    #[serde(default)]
+    pub(super) region: Option<String>,
+    #[serde(default)]
+    pub(super) services: BTreeMap<String, Spanned<RawEgressService>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawEgressService {
+    /// The local access key id the service signs with (not a secret).
+    pub(super) access_key_id: String,
+    /// The env var holding the service's local secret.
+    pub(super) secret_env: String,
+    #[serde(default)]
+    pub(super) allow: Vec<RawEgressRule>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawEgressRule {
+    pub(super) operations: Vec<String>,
+    pub(super) keys: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -41,8 +76,8 @@ pub(super) struct RawConfig {
 pub(super) struct RawS3 {
     /// `https://s3.<region>.amazonaws.com`, or any S3-compatible endpoint.
     pub(super) endpoint: Spanned<String>,
-    pub(super) region: String,
-    pub(super) bucket: String,
+    pub(super) region: Spanned<String>,
+    pub(super) bucket: Spanned<String>,
     #[serde(default = "default_addressing")]
     pub(super) addressing: S3Addressing,
     /// Env vars holding a static key pair; giving any of them selects that source.

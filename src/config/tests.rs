@@ -199,6 +199,13 @@ fn s3_refusals_and_defaults() {
         "{text}"
     );
     assert!(text.contains("s3.endpoint:"), "{text}");
+    let text = errors_of(
+        "[s3]\nendpoint = \"https://s3.amazonaws.com\"\nregion = \"us-east-1\"\nbucket = \"b\"\n",
+    );
+    assert!(
+        text.contains(":18:10: s3.bucket: S3 bucket name is invalid"),
+        "{text}"
+    );
     let ok = format!(
         "{GOOD}\n[s3]\nendpoint = \"https://s3.eu-west-1.amazonaws.com\"\nregion = \"eu-west-1\"\nbucket = \"media\"\n"
     );

@@ -254,4 +254,25 @@ pub struct Config {
     /// Proxies whose `X-Forwarded-For` is believed when finding the client address.
     pub trusted_proxies: Vec<Cidr>,
     pub s3: Option<S3Config>,
+    pub egress: Option<EgressConfig>,
+}
+
+/// `[egress]`, checked.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EgressConfig {
+    pub listen: SocketAddr,
+    /// The bucket name services use in their requests.
+    pub bucket: String,
+    /// The region services sign for.
+    pub region: String,
+    pub services: BTreeMap<String, EgressService>,
+}
+
+/// One internal service: its local key pair (the secret from an env var) and its rules.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EgressService {
+    pub name: String,
+    pub access_key_id: String,
+    pub secret_env: String,
+    pub rules: Vec<crate::egress::ops::Rule>,
 }

@@ -73,7 +73,7 @@ impl crate::files::BodySource for SessionBody<'_> {
 impl Portier {
     /// Everything `request_filter` decides; `Ok(Err(_))` is a refusal to send.
     pub(super) async fn admit(&self, session: &mut Session, ctx: &mut Ctx) -> Result<Admission> {
-        let gw = &self.0;
+        let gw = &self.gw;
         let live = gw.live();
         ctx.live = Some(live.clone());
         let req = session.req_header();
@@ -152,7 +152,7 @@ impl Portier {
             }
             // After the 101 the bytes are the tunnel's, not a body to limit.
             ctx.body_limit = None;
-            self.0
+            self.gw
                 .metrics
                 .upgrades
                 .with_label_values(&[route.name.as_str()])
@@ -191,7 +191,7 @@ impl Portier {
         route: &Route,
     ) -> Option<Refusal> {
         let spec = route.rate_limit.as_ref()?;
-        let gw = &self.0;
+        let gw = &self.gw;
         let req = session.req_header();
         let peer = session
             .client_addr()
@@ -244,7 +244,7 @@ impl Portier {
         ctx.forward = Some(forward.parse::<http::Uri>().map_err(|e| {
             Error::because(ErrorType::InternalError, "canonical path is not a URI", e)
         })?);
-        match self.0.upstream(&route.upstream) {
+        match self.gw.upstream(&route.upstream) {
             Some(up) => ctx.upstream = Some(up.clone()),
             None => {
                 // Policies are compiled against the running upstreams; this is a bug.
@@ -563,7 +563,7 @@ impl Portier {
         }
         let id = format!("{name}:{}", headers.id);
         match self
-            .0
+            .gw
             .replay
             .first_seen(&id, webhook::replay_window(hook.tolerance))
             .await

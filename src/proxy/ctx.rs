@@ -52,6 +52,10 @@ pub struct Ctx {
     pub(super) operation: Option<&'static str>,
     /// The kind folder of the key an S3 route touched (`images`), for the decision log.
     pub(super) key_kind: Option<String>,
+    /// Egress: the admitted store request, the service that asked, and a refusal sent.
+    pub(super) egress: Option<super::egress::EgressCall>,
+    pub(super) egress_service: Option<String>,
+    pub(super) egress_error: Option<crate::egress::errors::S3Error>,
 }
 
 impl Ctx {

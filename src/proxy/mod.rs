@@ -16,6 +16,7 @@
 mod admit;
 mod body;
 mod ctx;
+mod egress;
 mod respond;
 mod s3;
 
@@ -41,8 +42,20 @@ use crate::state::Gateway;
 use admit::Admitted;
 use respond::{send_error, send_json};
 
-/// The `ProxyHttp` implementation: a thin handle on the shared [`Gateway`].
-pub struct Portier(pub Arc<Gateway>);
+/// The `ProxyHttp` implementation: a thin handle on the shared [`Gateway`], for one side.
+pub struct Portier {
+    pub gw: Arc<Gateway>,
+    pub side: Side,
+}
+
+/// Which listener a request came in on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// The public port: browsers and the app, decided by route policies.
+    Public,
+    /// The egress listener: internal services speaking S3 with local keys.
+    Egress,
+}
 
 fn no_s3() -> Box<Error> {
     Error::explain(ErrorType::InternalError, "no S3 backend")
@@ -60,6 +73,9 @@ impl ProxyHttp for Portier {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        if self.side == Side::Egress {
+            return self.admit_egress(session, ctx).await;
+        }
         match self.admit(session, ctx).await? {
             Ok(Admitted::Proxy) => Ok(false),
             Ok(Admitted::Respond(body)) => {
@@ -86,6 +102,9 @@ impl ProxyHttp for Portier {
             let head_only = session.req_header().method == http::Method::HEAD;
             s3::error_body(body, end_of_stream, head_only, error);
         }
+        if let Some(call) = &ctx.egress {
+            egress::replace_body(body, end_of_stream, call);
+        }
         Ok(None)
     }
 
@@ -98,6 +117,13 @@ impl ProxyHttp for Portier {
         _end_of_stream: bool,
         ctx: &mut Ctx,
     ) -> Result<()> {
+        if let Some(call) = ctx.egress.as_mut() {
+            if let Err(e) = egress::check_body(body, _end_of_stream, call) {
+                ctx.egress_error = Some(crate::egress::errors::S3Error::SHA256_MISMATCH);
+                return Err(e);
+            }
+            return Ok(());
+        }
         if let Some(b) = body {
             ctx.body_seen += b.len() as u64;
             if ctx.body_limit.is_some_and(|limit| ctx.body_seen > limit) {
@@ -117,11 +143,17 @@ impl ProxyHttp for Portier {
         resp: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
+        if let Some(call) = ctx.egress.as_mut() {
+            if !resp.status.is_informational() {
+                egress::map_response(resp, call)?;
+            }
+            return Ok(());
+        }
         if let Some(call) = &ctx.s3 {
             s3::download_headers(resp, call)?;
             if let Some(reason) = s3::map_response(resp, ctx)? {
                 if reason.status() >= 500 {
-                    self.0
+                    self.gw
                         .metrics
                         .upstream_errors
                         .with_label_values(&[crate::S3_UPSTREAM, reason.code()])
@@ -139,7 +171,7 @@ impl ProxyHttp for Portier {
     }
 
     async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
-        if ctx.s3.is_some() {
+        if ctx.s3.is_some() || ctx.egress.is_some() {
             let live = ctx.live.as_ref().ok_or_else(no_s3)?;
             let b = live.s3.as_ref().ok_or_else(no_s3)?;
             let addr = b.peer_addr().await.ok_or_else(|| {
@@ -177,6 +209,11 @@ impl ProxyHttp for Portier {
         upstream_request: &mut RequestHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
+        if let Some(call) = ctx.egress.as_mut() {
+            let live = ctx.live.as_ref().ok_or_else(no_s3)?;
+            let backend = live.s3.as_ref().ok_or_else(no_s3)?;
+            return egress::sign(backend, upstream_request, call);
+        }
         if let Some(call) = &ctx.s3 {
             let live = ctx.live.as_ref().ok_or_else(no_s3)?;
             let backend = live.s3.as_ref().ok_or_else(no_s3)?;
@@ -194,7 +231,7 @@ impl ProxyHttp for Portier {
             .map_or(Credentials::Strip, |u| u.config.credentials);
         let guard = match &ctx.live {
             Some(live) => live.guard.clone(),
-            None => self.0.live().guard.clone(),
+            None => self.gw.live().guard.clone(),
         };
         let peer = session
             .client_addr()
@@ -226,8 +263,42 @@ impl ProxyHttp for Portier {
     }
 
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
+        if ctx.egress.is_some() {
+            use crate::egress::errors::S3Error;
+            let err = match (ctx.egress_error, e.etype()) {
+                (Some(err), _) => err,
+                (
+                    None,
+                    ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout,
+                ) => S3Error::new(
+                    "ServiceUnavailable",
+                    503,
+                    "The store did not answer in time",
+                ),
+                (None, _) if e.esource() == &ErrorSource::Downstream => {
+                    return FailToProxy {
+                        error_code: 0,
+                        can_reuse_downstream: false,
+                    }
+                }
+                (None, _) => {
+                    S3Error::new("ServiceUnavailable", 503, "The store could not be reached")
+                }
+            };
+            log::warn!("egress request failed: {e}");
+            ctx.egress_error = Some(err);
+            if let Err(err2) =
+                respond::send_xml(session, err.status, Bytes::from(err.document("portier"))).await
+            {
+                log::debug!("could not send the egress error: {err2}");
+            }
+            return FailToProxy {
+                error_code: err.status,
+                can_reuse_downstream: false,
+            };
+        }
         if let Some(id) = ctx.webhook_id.take() {
-            if let Err(err) = self.0.replay.forget(&id).await {
+            if let Err(err) = self.gw.replay.forget(&id).await {
                 log::warn!("could not forget webhook id after a failed delivery: {err}");
             }
         }
@@ -252,7 +323,7 @@ impl ProxyHttp for Portier {
                     } else {
                         "unavailable"
                     };
-                    self.0
+                    self.gw
                         .metrics
                         .upstream_errors
                         .with_label_values(&[up.config.name.as_str(), kind])
@@ -277,7 +348,10 @@ impl ProxyHttp for Portier {
     }
 
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Ctx) {
-        let gw = &self.0;
+        let gw = &self.gw;
+        if self.side == Side::Egress {
+            return self.log_egress(session, ctx);
+        }
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
         let route = ctx.route_def().map(|r| r.name.as_str());
         let route_label = route.unwrap_or("-");
@@ -343,6 +417,49 @@ impl ProxyHttp for Portier {
             upstream,
             operation: ctx.operation,
             kind: ctx.key_kind.as_deref(),
+            service: None,
+            latency_us: elapsed.as_micros() as u64,
+            policy_generation: ctx.live.as_ref().map_or(0, |l| l.generation),
+        });
+    }
+}
+
+impl Portier {
+    /// Metrics and the decision log of an egress request.
+    fn log_egress(&self, session: &mut Session, ctx: &mut Ctx) {
+        let gw = &self.gw;
+        let status = session.response_written().map_or(0, |r| r.status.as_u16());
+        let service = ctx.egress_service.as_deref().unwrap_or("-");
+        let operation = ctx.operation.unwrap_or("-");
+        let (decision, reason) = match ctx.egress_error {
+            Some(e) if e.status < 500 => ("deny", Some(e.code)),
+            Some(e) => ("error", Some(e.code)),
+            None if status >= 400 => ("error", None),
+            None => ("allow", None),
+        };
+        gw.metrics
+            .egress_requests
+            .with_label_values(&[service, operation, decision])
+            .inc();
+        if !gw.decision_log.wants(decision == "deny") {
+            return;
+        }
+        let elapsed = ctx.started.map(|s| s.elapsed()).unwrap_or_default();
+        let req = session.req_header();
+        gw.decision_log.write(&DecisionRecord {
+            ts: rfc3339_now(),
+            method: req.method.as_str(),
+            path: None,
+            route: Some("egress"),
+            decision,
+            reason,
+            shadow_reason: None,
+            user_id: None,
+            status,
+            upstream: Some(crate::S3_UPSTREAM),
+            operation: ctx.operation,
+            kind: ctx.key_kind.as_deref(),
+            service: ctx.egress_service.as_deref(),
             latency_us: elapsed.as_micros() as u64,
             policy_generation: ctx.live.as_ref().map_or(0, |l| l.generation),
         });

@@ -78,3 +78,37 @@ pub(super) async fn send_error(
     )
     .await
 }
+
+/// Sends an S3 XML document (egress refusals).
+pub(super) async fn send_xml(session: &mut Session, status: u16, body: Bytes) -> Result<()> {
+    send_raw(session, status, Some("application/xml"), body).await
+}
+
+/// Sends a status, a content type and a body as they are (a store answer relayed).
+pub(super) async fn send_raw(
+    session: &mut Session,
+    status: u16,
+    content_type: Option<&str>,
+    body: Bytes,
+) -> Result<()> {
+    let mut resp = ResponseHeader::build(status, Some(3))?;
+    if let Some(ct) = content_type {
+        resp.insert_header("content-type", ct)?;
+    }
+    resp.insert_header("content-length", body.len().to_string())?;
+    let unread = has_body(&session.req_header().headers) && !session.is_body_done();
+    if unread {
+        session.set_keepalive(None);
+    }
+    let head_only = session.req_header().method == http::Method::HEAD;
+    session
+        .write_response_header(Box::new(resp), head_only)
+        .await?;
+    if !head_only {
+        session.write_response_body(Some(body), true).await?;
+    }
+    if unread {
+        linger(session).await;
+    }
+    Ok(())
+}

@@ -241,6 +241,55 @@ impl StoreClient {
         h
     }
 
+    /// A bucket request (`POST ?delete` for egress's DeleteObjects) with a body whose SHA-256
+    /// is `sha256`, answered whatever the status: the caller relays it.
+    pub async fn send_raw(
+        &self,
+        b: Bucket<'_>,
+        method: Method,
+        bucket_query: &str,
+        mut headers: HeaderMap,
+        body: Bytes,
+        sha256: &str,
+    ) -> Result<(u16, Option<String>, Bytes), ClientError> {
+        let uri = b.target.bucket_uri(bucket_query)?;
+        headers.insert(http::header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+        let signed = sign_headers(
+            &b.creds,
+            b.target.region(),
+            method.as_str(),
+            &uri,
+            &headers,
+            Payload::Sha256(sha256.to_string()),
+            SystemTime::now(),
+        )?;
+        for (k, v) in signed {
+            if let (Ok(k), Ok(v)) = (
+                http::HeaderName::from_bytes(k.as_bytes()),
+                HeaderValue::from_str(&v),
+            ) {
+                headers.insert(k, v);
+            }
+        }
+        let mut req = Request::builder().method(method).uri(uri);
+        if let Some(h) = req.headers_mut() {
+            *h = headers;
+        }
+        let resp = self.client.request(req.body(full(body))?).await?;
+        let status = resp.status().as_u16();
+        let ct = resp
+            .headers()
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let answer = Limited::new(resp.into_body(), MAX_ANSWER)
+            .collect()
+            .await
+            .map_err(|e| ClientError::Body(e.to_string()))?
+            .to_bytes();
+        Ok((status, ct, answer))
+    }
+
     /// PutObject of exactly `length` bytes (atomic in the store: all or nothing).
     pub async fn put_object(
         &self,

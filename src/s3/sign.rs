@@ -398,6 +398,9 @@ pub enum Payload {
     Empty,
     /// The hex SHA-256 of a body that was hashed before sending.
     Sha256(String),
+    /// `STREAMING-UNSIGNED-PAYLOAD-TRAILER`: an aws-chunked body with a trailing checksum,
+    /// forwarded as it came (no chunk depends on the request's signature).
+    StreamingUnsignedTrailer,
 }
 
 /// Whether an inbound header is included in the signature when passed to [`sign_headers`]:
@@ -482,6 +485,7 @@ pub fn sign_headers(
     }
     let body = match payload {
         Payload::Unsigned => SignableBody::UnsignedPayload,
+        Payload::StreamingUnsignedTrailer => SignableBody::StreamingUnsignedPayloadTrailer,
         Payload::Empty => SignableBody::empty(),
         Payload::Sha256(hex) => {
             if hex.len() != 64

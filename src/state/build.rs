@@ -59,6 +59,8 @@ pub enum StartError {
     Metrics(#[from] MetricsError),
     #[error("decision log: {0}")]
     DecisionLog(#[from] DecisionLogError),
+    #[error("{0}")]
+    Egress(crate::egress::MissingSecret),
 }
 
 /// A configured webhook sender: its secrets (from env vars) and timestamp tolerance.
@@ -78,11 +80,16 @@ fn env(name: &str) -> Result<String, StartError> {
 pub fn build_webhooks(cfg: &Config) -> Result<HashMap<String, Arc<Webhook>>, StartError> {
     let mut out = HashMap::new();
     for (name, w) in &cfg.webhooks {
-        let secrets = w
-            .secrets_env
-            .iter()
-            .map(|e| env(e))
-            .collect::<Result<Vec<_>, _>>()?;
+        // The first name is the current secret and must be set; the others are rotation
+        // slots (the secret being retired), used when set.
+        let mut secrets = Vec::with_capacity(w.secrets_env.len());
+        for (i, name) in w.secrets_env.iter().enumerate() {
+            match std::env::var(name) {
+                Ok(v) if !v.trim().is_empty() => secrets.push(v),
+                _ if i > 0 => log::debug!("webhook {name}: rotation slot {} is unset", i + 1),
+                _ => return Err(StartError::MissingEnv(name.clone())),
+            }
+        }
         let secrets =
             WebhookSecrets::new(&secrets).map_err(|source| StartError::WebhookSecret {
                 name: name.clone(),
@@ -151,6 +158,7 @@ impl Live {
             webhooks,
             trusted_proxies: _, // read from the live config per request
             s3,
+            egress,
         } = &*cfg;
         let old = prev.map(|p| &*p.config);
         let mut restart = Vec::new();
@@ -161,6 +169,10 @@ impl Live {
                 ("admin", o.admin_listen == *admin_listen),
                 ("decision_log", o.decision_log == *decision_log),
                 ("rate_limit", o.rate_limit == *rate_limit),
+                (
+                    "egress.listen",
+                    o.egress.as_ref().map(|e| e.listen) == egress.as_ref().map(|e| e.listen),
+                ),
             ] {
                 if !same {
                     restart.push(section);
@@ -198,6 +210,16 @@ impl Live {
             }
             (_, _, Some(c)) => Some(Arc::new(S3Backend::new(c)?)),
         };
+        // Services and their rules apply live; the listener needs a restart (above).
+        let egress = match (prev, old, egress) {
+            (_, _, None) => None,
+            (Some(p), Some(o), Some(e)) if o.egress.as_ref() == Some(e) && p.egress.is_some() => {
+                p.egress.clone()
+            }
+            (_, _, Some(e)) => Some(Arc::new(
+                crate::egress::EgressState::new(e).map_err(StartError::Egress)?,
+            )),
+        };
         let live = Live {
             generation: prev.map_or(1, |p| p.generation + 1),
             config: cfg.clone(),
@@ -206,6 +228,7 @@ impl Live {
             guard,
             webhooks,
             s3,
+            egress,
         };
         Ok((live, restart))
     }
@@ -270,5 +293,49 @@ impl Gateway {
             replay,
         };
         Ok((Arc::new(gateway), health))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(secrets_env: &str) -> Config {
+        let src = format!(
+            r#"
+[clerk]
+issuer = "https://clerk.example.com"
+authorized_parties = ["https://app.example.com"]
+[clerk.jwks]
+url = "https://clerk.example.com/.well-known/jwks.json"
+[upstreams.flask]
+peers = ["127.0.0.1:5000"]
+[webhooks.w]
+secrets_env = {secrets_env}
+"#
+        );
+        Config::parse(std::path::Path::new("config.toml"), &src).expect("config")
+    }
+
+    #[test]
+    fn webhook_rotation_slots_may_be_unset_but_the_current_secret_may_not() {
+        std::env::set_var(
+            "PORTIER_UT_WH_CURRENT",
+            "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+        );
+        let hooks = build_webhooks(&config(
+            r#"["PORTIER_UT_WH_CURRENT", "PORTIER_UT_WH_UNSET_SLOT"]"#,
+        ))
+        .expect("an unset rotation slot is skipped");
+        assert!(hooks.contains_key("w"));
+        let err = build_webhooks(&config(
+            r#"["PORTIER_UT_WH_UNSET_CURRENT", "PORTIER_UT_WH_CURRENT"]"#,
+        ))
+        .err()
+        .expect("the current secret is required");
+        assert!(
+            matches!(&err, StartError::MissingEnv(n) if n == "PORTIER_UT_WH_UNSET_CURRENT"),
+            "{err}"
+        );
     }
 }

@@ -78,6 +78,8 @@ pub struct Live {
     pub webhooks: Arc<HashMap<String, Arc<Webhook>>>,
     /// The bucket of `[s3]`, when configured.
     pub s3: Option<Arc<S3Backend>>,
+    /// The egress services, when `[egress]` is configured.
+    pub egress: Option<Arc<crate::egress::EgressState>>,
 }
 
 /// Shared, long-lived state of the proxy.
@@ -129,6 +131,7 @@ impl Gateway {
             guard: cur.guard.clone(),
             webhooks: cur.webhooks.clone(),
             s3: cur.s3.clone(),
+            egress: cur.egress.clone(),
         });
     }
 

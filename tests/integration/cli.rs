@@ -27,6 +27,75 @@ fn check_passes_on_the_shipped_config() {
 }
 
 #[test]
+fn check_warns_about_unset_secret_env_vars_on_their_line() {
+    let config = concat!(env!("CARGO_MANIFEST_DIR"), "/config.toml");
+    let run = |set: bool, deny: bool| {
+        let mut cmd = portier();
+        cmd.args(["check", "--format", "json", "-c", config]);
+        if deny {
+            cmd.arg("--deny-warnings");
+        }
+        for name in [
+            "WORKER_WEBHOOK_SECRET",
+            "CLERK_WEBHOOK_SECRET",
+            "EGRESS_FLASK_SECRET",
+            "EGRESS_WORKERS_SECRET",
+        ] {
+            if set {
+                cmd.env(name, "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw");
+            } else {
+                cmd.env_remove(name);
+            }
+        }
+        let out = cmd.output().expect("run");
+        let findings: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+        let unset: Vec<(String, u64)> = findings
+            .as_array()
+            .expect("array")
+            .iter()
+            .filter(|f| f["code"] == "env_unset")
+            .map(|f| {
+                assert_eq!(f["severity"], "warning");
+                (
+                    f["key"].as_str().unwrap_or("").to_owned(),
+                    f["line"].as_u64().unwrap_or(0),
+                )
+            })
+            .collect();
+        (out.status.code(), unset)
+    };
+    let src = std::fs::read_to_string(config).expect("config");
+    let line_of =
+        |needle: &str| src.lines().position(|l| l.contains(needle)).expect("named") as u64 + 1;
+    let (code, unset) = run(false, false);
+    assert_eq!(code, Some(0), "a warning does not fail the check");
+    assert_eq!(
+        unset,
+        vec![
+            (
+                "webhooks.workers.secrets_env".to_owned(),
+                line_of("\"WORKER_WEBHOOK_SECRET\"")
+            ),
+            (
+                "webhooks.clerk.secrets_env".to_owned(),
+                line_of("\"CLERK_WEBHOOK_SECRET\"")
+            ),
+            (
+                "egress.services.flask.secret_env".to_owned(),
+                line_of("\"EGRESS_FLASK_SECRET\"")
+            ),
+            (
+                "egress.services.workers.secret_env".to_owned(),
+                line_of("\"EGRESS_WORKERS_SECRET\"")
+            ),
+        ],
+        "the rotation slot CLERK_WEBHOOK_SECRET_PREVIOUS is optional"
+    );
+    assert_eq!(run(false, true).0, Some(1), "--deny-warnings");
+    assert_eq!(run(true, true), (Some(0), vec![]));
+}
+
+#[test]
 fn check_prints_every_error_with_file_and_line() {
     let dir = TempDir::new();
     std::fs::create_dir_all(dir.0.join("policies")).expect("mkdir");
@@ -304,8 +373,11 @@ fn dev_applies_a_policy_edit_without_a_restart() {
         }
     }
     let listen = crate::common::free_port();
+    let egress = crate::common::free_port();
     let mut child = portier()
-        .args(["dev", "--listen", &listen.to_string(), "--policies"])
+        .args(["dev", "--listen", &listen.to_string(), "--egress"])
+        .arg(egress.to_string())
+        .arg("--policies")
         .arg(&dir.0)
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
@@ -349,4 +421,116 @@ fn dev_applies_a_policy_edit_without_a_restart() {
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
     assert_eq!(crate::common::get(listen, "/api/healthz", &[]).status, 200);
+}
+
+/// What `portier dev` prints for a boto3 backend works as printed: the egress listener takes
+/// the local key pair and writes to the embedded store.
+#[test]
+fn dev_prints_a_boto3_command_that_works_through_its_egress() {
+    use std::io::BufRead;
+    let (listen, egress) = (crate::common::free_port(), crate::common::free_port());
+    let mut child = portier()
+        .args(["dev", "--listen", &listen.to_string(), "--egress"])
+        .arg(egress.to_string())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start portier dev");
+    let stdout = child.stdout.take().expect("stdout");
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _kill = Kill(child);
+    let mut lines = std::io::BufReader::new(stdout).lines();
+    let mut command = Vec::new();
+    let mut in_block = false;
+    for line in lines.by_ref() {
+        let line = line.expect("line");
+        if line.contains("through the egress listener") {
+            in_block = true;
+        } else if in_block && line.trim().is_empty() {
+            break;
+        } else if in_block {
+            command.push(line);
+        }
+    }
+    assert!(!command.is_empty(), "no boto3 command was printed");
+    let python = std::env::var("PORTIER_PYTHON")
+        .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/.venv/bin/python").to_string());
+    let script = command
+        .join("\n")
+        .replace(" python3 -c", &format!(" {python} -c"));
+    assert!(
+        script.contains(&format!("AWS_ENDPOINT_URL_S3=http://{egress}")),
+        "{script}"
+    );
+    assert!(portier::server::wait_listening(
+        egress,
+        std::time::Duration::from_secs(20)
+    ));
+    let out = std::process::Command::new("bash")
+        .args(["-c", &script])
+        .env("AWS_CONFIG_FILE", "/nonexistent")
+        .env("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
+        .output()
+        .expect("bash");
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && printed.trim().parse::<u32>().is_ok_and(|n| n >= 1),
+        "{printed}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// `portier explain --egress SERVICE` decides with the shipped egress rules.
+#[test]
+fn explain_egress_uses_the_shipped_service_rules() {
+    let config = concat!(env!("CARGO_MANIFEST_DIR"), "/config.toml");
+    let run = |args: &[&str]| {
+        let out = portier()
+            .args(["explain", "-c", config, "--format", "json", "--egress"])
+            .args(args)
+            .output()
+            .expect("run");
+        (
+            out.status.code(),
+            serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap_or_default(),
+        )
+    };
+    let (code, r) = run(&["workers", "PUT", "/app-media/user_2abc/videos/v.mp4"]);
+    assert_eq!(code, Some(0));
+    assert_eq!(
+        (r["operation"].as_str(), r["decision"].as_str()),
+        (Some("PutObject"), Some("allow"))
+    );
+    let (_, r) = run(&["workers", "GET", "/app-media?list-type=2&prefix=user_2abc/"]);
+    assert_eq!(
+        (r["decision"].as_str(), r["error"].as_str()),
+        (Some("deny"), Some("AccessDenied"))
+    );
+    let (_, r) = run(&[
+        "flask",
+        "PUT",
+        "/app-media/user_2abc/images/copy.png",
+        "-H",
+        "x-amz-copy-source: app-media/user_9/images/a.png",
+    ]);
+    assert_eq!(
+        (
+            r["operation"].as_str(),
+            r["copy_source"].as_str(),
+            r["decision"].as_str()
+        ),
+        (
+            Some("CopyObject"),
+            Some("user_9/images/a.png"),
+            Some("allow")
+        )
+    );
+    let (code, _) = run(&["nobody", "GET", "/app-media/k"]);
+    assert_eq!(code, Some(1), "an unknown service is an error");
 }

@@ -6,6 +6,7 @@ mod auth;
 mod cli;
 mod common;
 mod credentials;
+mod egress;
 mod files;
 mod flask;
 mod guards;

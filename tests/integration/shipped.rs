@@ -14,7 +14,12 @@ use serde_json::{json, Value};
 
 use crate::common::*;
 
-/// The shipped webhook secrets' env vars, set once for the test binary.
+/// The local secrets of the shipped egress services (`EGRESS_*_SECRET`), for the tests'
+/// boto3 clients.
+pub const SHIPPED_FLASK_SECRET: &str = "shipped-flask-local-secret-0123456789abcdef";
+pub const SHIPPED_WORKERS_SECRET: &str = "shipped-workers-local-secret-0123456789abcdef";
+
+/// The shipped secrets' env vars (webhooks, egress services), set once for the test binary.
 pub fn shipped_webhook_secret(name: &str) -> &'static str {
     static SECRETS: OnceLock<(String, String)> = OnceLock::new();
     let (workers, clerk) = SECRETS.get_or_init(|| {
@@ -26,6 +31,8 @@ pub fn shipped_webhook_secret(name: &str) -> &'static str {
             "CLERK_WEBHOOK_SECRET_PREVIOUS",
             portier::dev::random_webhook_secret(),
         );
+        std::env::set_var("EGRESS_FLASK_SECRET", SHIPPED_FLASK_SECRET);
+        std::env::set_var("EGRESS_WORKERS_SECRET", SHIPPED_WORKERS_SECRET);
         (w, c)
     });
     if name == "clerk" {
@@ -45,6 +52,7 @@ pub struct Shipped {
     pub store_root: TempDir,
     pub portier: Portier,
     pub admin: std::net::SocketAddr,
+    pub egress: std::net::SocketAddr,
     pub config_path: PathBuf,
 }
 
@@ -65,16 +73,29 @@ fn strs(v: &[String]) -> toml::Value {
     toml::Value::Array(v.iter().cloned().map(toml::Value::String).collect())
 }
 
+/// Where a shipped world's listeners and peers are.
+pub struct Addrs {
+    pub listen: std::net::SocketAddr,
+    pub admin: std::net::SocketAddr,
+    pub egress: std::net::SocketAddr,
+    pub flask: std::net::SocketAddr,
+    pub next: std::net::SocketAddr,
+}
+
 /// The shipped config.toml with test addresses; `edit` changes it further.
 pub fn shipped_config(
-    listen: std::net::SocketAddr,
-    admin: std::net::SocketAddr,
+    a: &Addrs,
     jwks: &JwksServer,
-    flask: std::net::SocketAddr,
-    next: std::net::SocketAddr,
     store: &EmbeddedStore,
     reload_poll_ms: i64,
 ) -> toml::Table {
+    let Addrs {
+        listen,
+        admin,
+        egress,
+        flask,
+        next,
+    } = a;
     static N: AtomicUsize = AtomicUsize::new(0);
     let n = N.fetch_add(1, Ordering::SeqCst);
     let (ak, sk) = (
@@ -151,6 +172,7 @@ pub fn shipped_config(
         s("PORTIER_SHIPPED_NO_TOKEN"),
     );
     set(&mut t, &["admin", "listen"], s(&admin.to_string()));
+    set(&mut t, &["egress", "listen"], s(&egress.to_string()));
     set(
         &mut t,
         &["decision_log", "path"],
@@ -161,6 +183,16 @@ pub fn shipped_config(
 
 impl Shipped {
     pub fn start(reload_poll_ms: i64) -> Shipped {
+        Self::start_with(reload_poll_ms, None, free_port())
+    }
+
+    /// With `flask` as the flask upstream's peer (an echo server otherwise) and the egress
+    /// listener on `egress` (chosen first, so a backend can be started pointing at it).
+    pub fn start_with(
+        reload_poll_ms: i64,
+        flask_peer: Option<std::net::SocketAddr>,
+        egress: std::net::SocketAddr,
+    ) -> Shipped {
         capture_logs();
         let jwks = JwksServer::start(vec![issuer().jwk()]);
         let flask = Upstream::start();
@@ -171,15 +203,14 @@ impl Shipped {
             .block_on(s3::start(store_root.0.clone(), "app-media", &ak, &sk))
             .expect("embedded store");
         let (listen, admin) = (free_port(), free_port());
-        let cfg = shipped_config(
+        let addrs = Addrs {
             listen,
             admin,
-            &jwks,
-            flask.addr,
-            next.addr,
-            &store,
-            reload_poll_ms,
-        );
+            egress,
+            flask: flask_peer.unwrap_or(flask.addr),
+            next: next.addr,
+        };
+        let cfg = shipped_config(&addrs, &jwks, &store, reload_poll_ms);
         let dir = TempDir::new();
         let policies = dir.0.join("policies");
         std::fs::create_dir_all(&policies).expect("mkdir");
@@ -200,6 +231,10 @@ impl Shipped {
             portier::server::wait_listening(listen, Duration::from_secs(10)),
             "portier did not start"
         );
+        assert!(
+            portier::server::wait_listening(egress, Duration::from_secs(10)),
+            "the egress listener did not start"
+        );
         Shipped {
             jwks,
             flask,
@@ -213,6 +248,7 @@ impl Shipped {
                 dir,
             },
             admin,
+            egress,
             config_path,
         }
     }
