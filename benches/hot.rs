@@ -1,7 +1,7 @@
 //! Micro-benchmarks of the per-request hot path: token verification (verified-token cache hit,
 //! and cache miss with the RS256 work), path canonicalisation, policy lookup + evaluation at
 //! 10 / 1,000 / 10,000 routes and at growing path depth, webhook HMAC, SigV4 signing and
-//! presigning.
+//! presigning, the identity assertion (cached and signed).
 //!
 //! `cargo bench --bench hot` runs them (about a minute and a half); `cargo bench --bench hot --
 //! --test` runs each once as a smoke test. After each group the allocations one call makes are
@@ -380,9 +380,94 @@ fn bench_sigv4(c: &mut Criterion) {
     });
 }
 
+/// The identity assertion on an asserted upstream: a cache hit (same caller, route and
+/// method within half the lifetime: what a repeated request costs), and a fresh signature
+/// with each algorithm (what a new path or caller costs); plus `jsonwebtoken::encode` of the
+/// same claims, which parses the PKCS#8 key on every call (why the JWS is assembled by hand).
+fn bench_assertion(c: &mut Criterion) {
+    use portier::assertion::{generate_pem, Binding, Signer};
+    use portier::config::{AssertionConfig, AssertionKey, KeySource};
+    let dir = std::env::temp_dir().join(format!("portier-bench-assertion-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let ec_pem = generate_pem().expect("ec key");
+    std::fs::write(dir.join("ec.pem"), &ec_pem).expect("write");
+    let rng = aws_lc_rs::rand::SystemRandom::new();
+    let ed = aws_lc_rs::signature::Ed25519KeyPair::generate_pkcs8(&rng).expect("ed key");
+    std::fs::write(
+        dir.join("ed.pem"),
+        pem::encode(&pem::Pem::new("PRIVATE KEY", ed.as_ref().to_vec())),
+    )
+    .expect("write");
+    let signer = |file: &str, capacity: u64| {
+        Signer::new(&AssertionConfig {
+            issuer: "portier".into(),
+            upstreams: vec!["flask".into()],
+            ttl: Duration::from_secs(120),
+            jwks_max_age: Duration::from_secs(300),
+            public_jwks_path: None,
+            cache_capacity: capacity,
+            keys: vec![AssertionKey {
+                kid: "k1".into(),
+                source: KeySource::File(dir.join(file)),
+                active: true,
+            }],
+        })
+        .expect("signer")
+    };
+    let claims = json!({"sub": "user_2bench", "sid": "sess_2bench", "exp": 4_000_000_000_i64,
+        "pla": "u:pro", "org_id": "org_1", "org_role": "org:admin"});
+    let id = Identity::from_claims(claims.as_object().cloned().expect("object")).expect("id");
+    let b = Binding {
+        upstream: "flask",
+        method: "GET",
+        path: "/api/books/42",
+    };
+    let now = 1_900_000_000;
+    let cached = signer("ec.pem", 1000);
+    // Misses: each call is 61 s later than the last, past the reuse window of the one
+    // before, so it signs (and inserts), as a new caller or path does.
+    let es256 = signer("ec.pem", 1000);
+    let eddsa = signer("ed.pem", 1000);
+    cached.assertion(&id, b, now).expect("warm");
+    let mut g = c.benchmark_group("assertion");
+    g.bench_function("cache_hit", |bn| {
+        bn.iter(|| cached.assertion(black_box(&id), b, now).expect("jwt"))
+    });
+    let mut t = now;
+    g.bench_function("sign_es256", |bn| {
+        bn.iter(|| {
+            t += 61;
+            es256.assertion(black_box(&id), b, t).expect("jwt")
+        })
+    });
+    g.bench_function("sign_eddsa", |bn| {
+        bn.iter(|| {
+            t += 61;
+            eddsa.assertion(black_box(&id), b, t).expect("jwt")
+        })
+    });
+    let key = jsonwebtoken::EncodingKey::from_ec_pem(ec_pem.as_bytes()).expect("jwt key");
+    let mut header = jsonwebtoken::Header::new(Algorithm::ES256);
+    header.kid = Some("k1".into());
+    let payload = json!({"iss": "portier", "aud": "flask", "sub": "user_2bench",
+        "sid": "sess_2bench", "htm": "GET", "htu": "/api/books/42", "iat": now, "exp": now + 120});
+    g.bench_function("jsonwebtoken_encode_es256", |bn| {
+        bn.iter(|| jsonwebtoken::encode(&header, black_box(&payload), &key).expect("jwt"))
+    });
+    g.finish();
+    allocs_per_op("assertion/cache_hit", || {
+        let _ = cached.assertion(&id, b, now);
+    });
+    allocs_per_op("assertion/sign_es256", || {
+        t += 61;
+        let _ = es256.assertion(&id, b, t);
+    });
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 criterion_group! {
     name = hot;
     config = config();
-    targets = bench_verify, bench_path, bench_policy, bench_webhook, bench_sigv4
+    targets = bench_verify, bench_path, bench_policy, bench_webhook, bench_sigv4, bench_assertion
 }
 criterion_main!(hot);

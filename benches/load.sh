@@ -18,7 +18,8 @@
 #      `jwt_verify` RS256 + alg/iss/exp/nbf rules; Portier auth + policy with one token (token
 #      cache hit; decision log to a file, the default "all" mode); the same with the decision
 #      log off; Portier with $TOKENS distinct tokens and the token cache disabled (RS256 on
-#      every request); Portier on the S3 path (GET of a 1 KiB object, SigV4 signed);
+#      every request); Portier with the identity assertion on the upstream (cached: one token,
+#      one path); Portier on the S3 path (GET of a 1 KiB object, SigV4 signed);
 #   5. fixed-rate (open-loop) runs at $RATE req/s for $RATE_SECS s against the upstream, the
 #      plain proxy and Portier, in turn, $RATE_ROUNDS rounds; latency is measured from each
 #      request's due time and the median over rounds is reported;
@@ -321,7 +322,7 @@ run_portier() {
   }
   bench "$label" "http://127.0.0.1:$P_PORTIER$REQ_PATH" "$mode"
   curl -s "http://127.0.0.1:$P_ADMIN/metrics" |
-    grep -E '^portier_token_cache_(hits|misses)_total' >"$OUT/$name.cache" || true
+    grep -E '^portier_(token_cache_(hits|misses)_total|assertions_total)' >"$OUT/$name.cache" || true
   log "$label token cache: $(tr '\n' ' ' <"$OUT/$name.cache")"
   stop "$pid"
 }
@@ -488,6 +489,21 @@ fi
 if want portier_miss; then
   portier_config portier-miss "token_cache_capacity = 0" all
   run_portier portier-miss "Portier, $TOKENS tokens, token cache off (RS256 each)" --many
+fi
+if want portier_assert; then
+  # The identity assertion on the upstream: one token and one path, so after the first
+  # request every one reuses its cached assertion (criterion has the cost of a signature).
+  portier_config portier-assert "" all
+  "$BIN/portier" assertion-key >"$OUT/portier-assert/assertion.pem"
+  cat >>"$OUT/portier-assert/config.toml" <<EOF2
+
+[assertion]
+upstreams = ["app"]
+[[assertion.keys]]
+kid = "bench"
+pem_file = "assertion.pem"
+EOF2
+  run_portier portier-assert "Portier auth+policy + identity assertion (cached), decision log all"
 fi
 want s3 && s3_target
 

@@ -1,5 +1,6 @@
 //! Background services beside the proxy: the admin endpoint (`/metrics` in Prometheus text,
-//! `/healthz`, `/readyz`) and the decision-log flusher.
+//! `/healthz`, `/readyz`, the assertion keys at `/.well-known/jwks.json`), the credential
+//! refresher and the decision-log flusher.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -80,6 +81,7 @@ impl BackgroundService for Admin {
         let handler = Arc::new(move |parts: http::request::Parts| match parts.uri.path() {
             "/metrics" => text_response(200, "text/plain; version=0.0.4", gw.render_metrics()),
             "/healthz" => text_response(200, "text/plain", "ok\n".into()),
+            crate::assertion::JWKS_PATH => jwks_response(&gw),
             "/readyz" => match gw.readiness() {
                 Ok(()) => text_response(200, "text/plain", "ready\n".into()),
                 Err(why) => text_response(503, "text/plain", format!("{why}\n")),
@@ -90,5 +92,19 @@ impl BackgroundService for Admin {
             _ = shutdown.changed() => {}
             _ = serve(listener, handler) => {}
         }
+    }
+}
+
+/// The assertion keys as a JWKS, with the configured cache lifetime; 404 without `[assertion]`.
+fn jwks_response(gw: &Gateway) -> http::Response<http_body_util::Full<bytes::Bytes>> {
+    match &gw.live().assertion {
+        Some(signer) => {
+            let mut resp = text_response(200, "application/json", signer.jwks_json().to_owned());
+            if let Ok(v) = http::HeaderValue::from_str(&signer.jwks_cache_control()) {
+                resp.headers_mut().insert(http::header::CACHE_CONTROL, v);
+            }
+            resp
+        }
+        None => text_response(404, "text/plain", "no [assertion] configured\n".into()),
     }
 }

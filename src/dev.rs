@@ -256,6 +256,9 @@ pub const EMBEDDED_POLICIES: &[(&str, &str)] = &[
 ];
 
 /// The dev configuration: the shipped upstream names all pointing at the echo server.
+/// Where `portier dev` publishes its assertion keys on the public listener.
+pub const DEV_JWKS_PATH: &str = "/.well-known/portier/jwks.json";
+
 /// The local access key id of the dev egress service (its secret is made up per run).
 pub const DEV_EGRESS_KEY_ID: &str = "PORTIERDEVSERVICE1";
 
@@ -316,6 +319,13 @@ secret_env = "PORTIER_DEV_EGRESS_SECRET"
 [[egress.services.dev.allow]]
 operations = ["read", "write", "delete"]
 keys = ["user_*/**"]
+
+[assertion]
+upstreams = ["flask"]
+public_jwks_path = "{DEV_JWKS_PATH}"
+[[assertion.keys]]
+kid = "dev"
+pem_env = "PORTIER_DEV_ASSERTION_KEY"
 "#,
         s3 = servers.s3.addr,
         jwks = servers.jwks_addr,

@@ -44,6 +44,8 @@ pub struct ExplainReport {
     pub shadow_reason: Option<&'static str>,
     pub upstream: Option<String>,
     pub upstream_headers: Vec<(String, String)>,
+    /// What the `x-portier-assertion` sent upstream would say (times and signature aside).
+    pub assertion: Option<serde_json::Value>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -73,6 +75,8 @@ pub struct ExplainContext<'a, F: Fn(&str) -> Credentials> {
     pub credentials_of: F,
     /// `[limits] max_body_bytes`.
     pub max_body_bytes: u64,
+    /// `[assertion]`, when configured: the claims an asserted upstream would get are shown.
+    pub assertion: Option<&'a crate::config::AssertionConfig>,
 }
 
 pub async fn explain_request<F: Fn(&str) -> Credentials>(
@@ -85,6 +89,7 @@ pub async fn explain_request<F: Fn(&str) -> Credentials>(
         guard,
         credentials_of,
         max_body_bytes,
+        assertion,
     } = cx;
     let ExplainRequest {
         method,
@@ -115,6 +120,7 @@ pub async fn explain_request<F: Fn(&str) -> Credentials>(
         shadow_reason: None,
         upstream: None,
         upstream_headers: Vec::new(),
+        assertion: None,
     };
     let canonical = match canonicalize(&raw_path) {
         Ok(c) => c,
@@ -247,6 +253,21 @@ pub async fn explain_request<F: Fn(&str) -> Credentials>(
                     })
                     .collect();
             }
+            if let (Some(a), Some(id), Some(upstream), Some(path)) = (
+                assertion,
+                identity.as_deref(),
+                report.upstream.as_deref(),
+                report.canonical_path.as_deref(),
+            ) {
+                if a.upstreams.iter().any(|u| u == upstream) {
+                    let binding = crate::assertion::Binding {
+                        upstream,
+                        method,
+                        path,
+                    };
+                    report.assertion = Some(crate::assertion::claims_json(a, id, binding));
+                }
+            }
         }
     }
     Ok(report)
@@ -354,6 +375,12 @@ impl ExplainReport {
             s.push_str("headers sent upstream (besides Host and X-Forwarded-For)\n");
             for (k, v) in &self.upstream_headers {
                 s.push_str(&format!("  {k}: {v}\n"));
+            }
+            if let Some(a) = &self.assertion {
+                s.push_str(&format!(
+                    "  {}: <signed JWT, with iat/exp> {a}\n",
+                    crate::assertion::HEADER
+                ));
             }
         }
         s

@@ -5,6 +5,7 @@
 
 pub mod admin;
 pub mod admission;
+pub mod assertion;
 pub mod auth;
 pub mod config;
 pub mod decision_log;

@@ -103,6 +103,8 @@ enum Cmd {
         #[arg(long, default_value = "127.0.0.1:9100")]
         egress: SocketAddr,
     },
+    /// Print a new P-256 private key (PEM, PKCS#8) for `[[assertion.keys]]`.
+    AssertionKey,
     /// Mint a token from the running `portier dev` issuer.
     Token {
         #[arg(long)]
@@ -171,6 +173,9 @@ fn main() -> ExitCode {
             policies,
             egress,
         } => run_dev(listen, egress, policies),
+        Cmd::AssertionKey => portier::assertion::generate_pem()
+            .map(|pem| print!("{pem}"))
+            .map_err(anyhow::Error::from),
         Cmd::Token {
             sub,
             plan,
@@ -395,6 +400,7 @@ fn explain(
                 .map_or(Credentials::Strip, |u| u.credentials)
         },
         max_body_bytes: cfg.limits.max_body_bytes,
+        assertion: cfg.assertion.as_ref(),
     };
     let report = rt.block_on(explain_request(cx, request))?;
     match format {
@@ -465,6 +471,11 @@ fn run_dev(
     // The local key pair of the dev egress service: what a boto3 backend would be given.
     let egress_secret = dev::random_local_secret();
     std::env::set_var("PORTIER_DEV_EGRESS_SECRET", &egress_secret);
+    // The identity assertion key, made up for this run (a config always names a real one).
+    std::env::set_var(
+        "PORTIER_DEV_ASSERTION_KEY",
+        portier::assertion::generate_pem()?,
+    );
     servers.issuer.save(&dev::state_file())?;
     let mut cfg = Config::parse(
         Path::new("<dev>"),
@@ -534,6 +545,9 @@ Try (tokens below are valid for 1 hour; mint more with `portier token --sub user
   curl -s -X POST http://{listen}/api/s3/presigned-url -H 'Authorization: Bearer {pro}' -d '{{"s3_key":"user_123/images/demo.png","expires_in":3600}}'
   curl -s -X DELETE http://{listen}/api/s3/delete -H 'Authorization: Bearer {pro}' -d '{{"s3_key":"user_123/images/demo.png"}}'
 
+  # flask's requests carry a signed x-portier-assertion (the echo shows it); its public keys:
+  curl -s http://{listen}{jwks_path}
+
   # a backend writing with boto3 through the egress listener (local keys, no AWS keys):
   AWS_ENDPOINT_URL_S3=http://{egress} AWS_ACCESS_KEY_ID={egress_key} \
   AWS_SECRET_ACCESS_KEY={egress_secret} AWS_DEFAULT_REGION=us-east-1 python3 -c \
@@ -542,6 +556,7 @@ Try (tokens below are valid for 1 hour; mint more with `portier token --sub user
 Webhook secrets for this run: workers {worker_secret}  clerk {clerk_secret}
 "#,
         egress_key = dev::DEV_EGRESS_KEY_ID,
+        jwks_path = dev::DEV_JWKS_PATH,
         s3root = servers.s3.root.display(),
         iss = servers.issuer.issuer,
         jwks = servers.jwks_addr,

@@ -21,6 +21,7 @@ pub struct Metrics {
     pub restart_required: IntCounterVec,
     pub upgrades: IntCounterVec,
     pub egress_requests: IntCounterVec,
+    pub assertions: IntCounterVec,
     s3_credentials_source: prometheus::IntGaugeVec,
     s3_credentials_expiry: Gauge,
     s3_credential_refreshes: IntCounterVec,
@@ -144,6 +145,12 @@ impl Metrics {
                 "portier_egress_requests_total",
                 "Egress requests by service, S3 operation and result",
                 &["service", "operation", "result"],
+            )?,
+            assertions: counter_vec(
+                &r,
+                "portier_assertions_total",
+                "Identity assertions added to upstream requests, by upstream and result (cached, signed, error)",
+                &["upstream", "result"],
             )?,
             upgrades: counter_vec(
                 &r,

@@ -88,6 +88,7 @@ impl Checker<'_> {
             webhooks,
             s3,
             egress,
+            assertion,
         } = raw;
         let (server, trusted_proxies) = self.server(server);
         let (verifier, jwks_source, jwks_timing) = self.clerk(clerk, &base);
@@ -101,6 +102,7 @@ impl Checker<'_> {
         let webhooks = self.webhooks(webhooks);
         let s3 = s3.and_then(|s| self.s3(s, &base));
         let egress = egress.and_then(|e| self.egress(e, s3.as_ref()));
+        let assertion = assertion.and_then(|a| self.assertion(a, &upstreams, &base));
         if self.diags.has_errors() {
             return Err(self.diags.sorted());
         }
@@ -131,6 +133,132 @@ impl Checker<'_> {
             trusted_proxies,
             s3,
             egress,
+            assertion,
+        })
+    }
+
+    fn assertion(
+        &mut self,
+        raw: Spanned<RawAssertion>,
+        upstreams: &BTreeMap<String, UpstreamConfig>,
+        base: &Path,
+    ) -> Option<AssertionConfig> {
+        let at = raw.span().start;
+        let a = raw.into_inner();
+        if a.issuer.is_empty() {
+            self.err(at, "assertion.issuer", "must not be empty");
+        }
+        let ups_at = a.upstreams.span().start;
+        let ups = a.upstreams.into_inner();
+        if ups.is_empty() {
+            self.err(
+                ups_at,
+                "assertion.upstreams",
+                "name the upstreams that verify assertions",
+            );
+        }
+        for u in &ups {
+            if !upstreams.contains_key(u) {
+                self.err(
+                    ups_at,
+                    "assertion.upstreams",
+                    format!("{u:?} is not a configured upstream"),
+                );
+            }
+        }
+        let ttl = *a.ttl_seconds.get_ref();
+        if !(10..=600).contains(&ttl) {
+            self.err(
+                a.ttl_seconds.span().start,
+                "assertion.ttl_seconds",
+                "between 10 and 600: an assertion should outlive one request, not a session",
+            );
+        }
+        let max_age = *a.jwks_max_age_seconds.get_ref();
+        if !(1..=86_400).contains(&max_age) {
+            self.err(
+                a.jwks_max_age_seconds.span().start,
+                "assertion.jwks_max_age_seconds",
+                "between 1 and 86400",
+            );
+        }
+        let public_jwks_path = a.public_jwks_path.map(|p| {
+            let pat = p.span().start;
+            let p = p.into_inner();
+            if crate::path::canonicalize(&p).ok().as_deref() != Some(p.as_str()) || p == "/" {
+                self.err(
+                    pat,
+                    "assertion.public_jwks_path",
+                    "a canonical path such as /.well-known/portier/jwks.json",
+                );
+            }
+            p
+        });
+        if a.keys.is_empty() {
+            self.err(
+                at,
+                "assertion.keys",
+                "list at least one [[assertion.keys]] (kid, pem_file or pem_env)",
+            );
+        }
+        let single = a.keys.len() == 1;
+        let mut keys = Vec::new();
+        let mut kids = HashSet::new();
+        for (i, k) in a.keys.into_iter().enumerate() {
+            let kat = k.span().start;
+            let k = k.into_inner();
+            let key = format!("assertion.keys[{i}]");
+            let kid_ok = !k.kid.is_empty()
+                && k.kid.len() <= 64
+                && k.kid
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+            if !kid_ok {
+                self.err(
+                    kat,
+                    &format!("{key}.kid"),
+                    "1 to 64 letters, digits, '-', '_' or '.'",
+                );
+            }
+            if !kids.insert(k.kid.clone()) {
+                self.err(
+                    kat,
+                    &format!("{key}.kid"),
+                    format!("{:?} is used twice", k.kid),
+                );
+            }
+            let source = match (k.pem_file, k.pem_env) {
+                (Some(f), None) => Some(KeySource::File(base.join(f))),
+                (None, Some(e)) if !e.is_empty() => Some(KeySource::Env(e)),
+                _ => {
+                    self.err(kat, &key, "exactly one of pem_file, pem_env");
+                    None
+                }
+            };
+            if let Some(source) = source {
+                keys.push(AssertionKey {
+                    kid: k.kid,
+                    source,
+                    active: k.active || single,
+                });
+            }
+        }
+        let active = keys.iter().filter(|k| k.active).count();
+        if !keys.is_empty() && active != 1 {
+            self.err(
+                at,
+                "assertion.keys",
+                format!("exactly one key signs (active = true); {active} are active"),
+            );
+        }
+        Some(AssertionConfig {
+            issuer: a.issuer,
+            upstreams: ups,
+            ttl: Duration::from_secs(ttl),
+            jwks_max_age: Duration::from_secs(max_age),
+            public_jwks_path,
+            cache_capacity: a.cache_capacity,
+            keys,
         })
     }
 

@@ -35,6 +35,13 @@ pub fn unset_secrets(
             needed.push((format!("egress.services.{name}.secret_env"), &s.secret_env));
         }
     }
+    if let Some(a) = &cfg.assertion {
+        for (i, k) in a.keys.iter().enumerate() {
+            if let crate::config::KeySource::Env(env) = &k.source {
+                needed.push((format!("assertion.keys[{i}].pem_env"), env));
+            }
+        }
+    }
     let mut out = Diagnostics::default();
     for (key, env) in needed {
         if is_set(env) {

@@ -36,6 +36,52 @@ pub(super) struct RawConfig {
     pub(super) s3: Option<Spanned<RawS3>>,
     #[serde(default)]
     pub(super) egress: Option<Spanned<RawEgress>>,
+    #[serde(default)]
+    pub(super) assertion: Option<Spanned<RawAssertion>>,
+}
+
+/// `[assertion]`: the signed identity assertion for upstreams that verify it.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawAssertion {
+    #[serde(default = "default_assertion_issuer")]
+    pub(super) issuer: String,
+    pub(super) upstreams: Spanned<Vec<String>>,
+    #[serde(default = "default_assertion_ttl")]
+    pub(super) ttl_seconds: Spanned<u64>,
+    #[serde(default = "default_jwks_max_age")]
+    pub(super) jwks_max_age_seconds: Spanned<u64>,
+    #[serde(default)]
+    pub(super) public_jwks_path: Option<Spanned<String>>,
+    #[serde(default = "default_assertion_cache")]
+    pub(super) cache_capacity: u64,
+    #[serde(default)]
+    pub(super) keys: Vec<Spanned<RawAssertionKey>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawAssertionKey {
+    pub(super) kid: String,
+    #[serde(default)]
+    pub(super) pem_file: Option<String>,
+    #[serde(default)]
+    pub(super) pem_env: Option<String>,
+    #[serde(default)]
+    pub(super) active: bool,
+}
+
+pub(super) fn default_assertion_issuer() -> String {
+    "portier".into()
+}
+pub(super) fn default_assertion_ttl() -> Spanned<u64> {
+    Spanned::new(0..0, 120)
+}
+pub(super) fn default_jwks_max_age() -> Spanned<u64> {
+    Spanned::new(0..0, 300)
+}
+pub(super) fn default_assertion_cache() -> u64 {
+    100_000
 }
 
 /// `[egress]`: the listener internal services reach the bucket through.

@@ -302,3 +302,44 @@ fn s3_credential_sources() {
         "{text}"
     );
 }
+
+#[test]
+fn assertion_refusals_name_their_key_and_the_defaults() {
+    let text = errors_of(
+        "[assertion]\nupstreams = [\"flask\", \"billing\"]\nttl_seconds = 3600\npublic_jwks_path = \"/a/../jwks\"\n[[assertion.keys]]\nkid = \"a b\"\npem_file = \"a.pem\"\npem_env = \"A\"\n[[assertion.keys]]\nkid = \"k2\"\npem_env = \"K2\"\n",
+    );
+    for want in [
+        "assertion.upstreams: \"billing\" is not a configured upstream",
+        "assertion.ttl_seconds: between 10 and 600",
+        "assertion.public_jwks_path: a canonical path",
+        "assertion.keys[0].kid: 1 to 64 letters",
+        "assertion.keys[0]: exactly one of pem_file, pem_env",
+        "assertion.keys: exactly one key signs (active = true); 0 are active",
+    ] {
+        assert!(text.contains(want), "{want}\n{text}");
+    }
+    let text = errors_of("[assertion]\nupstreams = [\"flask\"]\n");
+    assert!(text.contains("assertion.keys: list at least one"), "{text}");
+    let ok = format!(
+        "{GOOD}\n[assertion]\nupstreams = [\"flask\"]\n[[assertion.keys]]\nkid = \"2026-12\"\npem_file = \"keys/a.pem\"\n"
+    );
+    let c = Config::parse(Path::new("/etc/portier/config.toml"), &ok).unwrap();
+    let a = c.assertion.unwrap();
+    assert_eq!(
+        (a.issuer.as_str(), a.ttl, a.jwks_max_age),
+        (
+            "portier",
+            Duration::from_secs(120),
+            Duration::from_secs(300)
+        )
+    );
+    assert_eq!(
+        a.keys,
+        vec![AssertionKey {
+            kid: "2026-12".into(),
+            source: KeySource::File("/etc/portier/keys/a.pem".into()),
+            active: true,
+        }],
+        "a single key signs; its path is relative to the config file"
+    );
+}

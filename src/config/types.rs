@@ -255,6 +255,41 @@ pub struct Config {
     pub trusted_proxies: Vec<Cidr>,
     pub s3: Option<S3Config>,
     pub egress: Option<EgressConfig>,
+    pub assertion: Option<AssertionConfig>,
+}
+
+/// `[assertion]`, checked: the signed identity assertion some upstreams get.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AssertionConfig {
+    /// The `iss` claim: Portier's name, as the upstream's verifier expects it.
+    pub issuer: String,
+    /// Upstreams that get an assertion on every allowed, signed-in request.
+    pub upstreams: Vec<String>,
+    /// `exp - iat`.
+    pub ttl: Duration,
+    /// `max-age` of the published JWKS.
+    pub jwks_max_age: Duration,
+    /// Also publish the JWKS on the public listener at this path.
+    pub public_jwks_path: Option<String>,
+    /// Assertions kept for reuse.
+    pub cache_capacity: u64,
+    /// Every published key; exactly one is `active` (signs).
+    pub keys: Vec<AssertionKey>,
+}
+
+/// One assertion signing key: P-256 or Ed25519, private, PEM.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AssertionKey {
+    pub kid: String,
+    pub source: KeySource,
+    pub active: bool,
+}
+
+/// Where a private key's PEM is read from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeySource {
+    File(PathBuf),
+    Env(String),
 }
 
 /// `[egress]`, checked.

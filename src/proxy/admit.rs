@@ -32,6 +32,8 @@ pub(super) enum Admitted {
     Proxy,
     /// Answer here with this JSON (presigned URLs).
     Respond(String),
+    /// The assertion keys at `[assertion] public_jwks_path`, with their cache lifetime.
+    Jwks { body: String, cache_control: String },
 }
 
 /// A refusal decided in `request_filter`, with the headers that go with it.
@@ -92,6 +94,16 @@ impl Portier {
         ctx.path = Some(canonical.clone());
         let policies = &live.policies;
         let method = req.method.as_str();
+        if let Some(signer) = &live.assertion {
+            if signer.config.public_jwks_path.as_deref() == Some(canonical.as_str())
+                && matches!(method, "GET" | "HEAD")
+            {
+                return Ok(Ok(Admitted::Jwks {
+                    body: signer.jwks_json().to_owned(),
+                    cache_control: signer.jwks_cache_control(),
+                }));
+            }
+        }
         let m = match policies.lookup(method, &canonical) {
             Ok(m) => m,
             Err(reason) => {

@@ -82,6 +82,19 @@ impl ProxyHttp for Portier {
                 send_json(session, 200, Bytes::from(body), &[]).await?;
                 Ok(true)
             }
+            Ok(Admitted::Jwks {
+                body,
+                cache_control,
+            }) => {
+                send_json(
+                    session,
+                    200,
+                    Bytes::from(body),
+                    &[("cache-control", cache_control)],
+                )
+                .await?;
+                Ok(true)
+            }
             Err(refusal) => {
                 ctx.reason = Some(refusal.reason);
                 send_error(session, refusal.reason, &refusal.headers).await?;
@@ -259,7 +272,7 @@ impl ProxyHttp for Portier {
             ctx.identity.as_deref(),
             fwd,
         )?;
-        Ok(())
+        self.add_assertion(upstream_request, ctx)
     }
 
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
@@ -463,5 +476,53 @@ impl Portier {
             latency_us: elapsed.as_micros() as u64,
             policy_generation: ctx.live.as_ref().map_or(0, |l| l.generation),
         });
+    }
+}
+
+impl Portier {
+    /// Adds the signed identity assertion for upstreams that verify one (`[assertion]`), bound
+    /// to the request as it goes upstream. Without an identity (a public route) there is none;
+    /// a signing failure fails the request rather than send it unasserted.
+    fn add_assertion(&self, req: &mut RequestHeader, ctx: &Ctx) -> Result<()> {
+        let (Some(live), Some(up), Some(id)) = (&ctx.live, &ctx.upstream, &ctx.identity) else {
+            return Ok(());
+        };
+        let Some(signer) = live
+            .assertion
+            .as_ref()
+            .filter(|s| s.covers(&up.config.name))
+        else {
+            return Ok(());
+        };
+        let binding = crate::assertion::Binding {
+            upstream: &up.config.name,
+            method: req.method.as_str(),
+            path: req.uri.path(),
+        };
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        let counter = |result: &str| {
+            self.gw
+                .metrics
+                .assertions
+                .with_label_values(&[up.config.name.as_str(), result])
+                .inc();
+        };
+        match signer.assertion(id, binding, now) {
+            Ok((jwt, source)) => {
+                counter(source.label());
+                req.insert_header(crate::assertion::HEADER, jwt)?;
+                Ok(())
+            }
+            Err(e) => {
+                counter("error");
+                log::error!("identity assertion for upstream {}: {e}", up.config.name);
+                Err(Error::explain(
+                    ErrorType::InternalError,
+                    "identity assertion",
+                ))
+            }
+        }
     }
 }

@@ -61,6 +61,8 @@ pub enum StartError {
     DecisionLog(#[from] DecisionLogError),
     #[error("{0}")]
     Egress(crate::egress::MissingSecret),
+    #[error("{0}")]
+    Assertion(#[from] crate::assertion::AssertionError),
 }
 
 /// A configured webhook sender: its secrets (from env vars) and timestamp tolerance.
@@ -159,6 +161,7 @@ impl Live {
             trusted_proxies: _, // read from the live config per request
             s3,
             egress,
+            assertion,
         } = &*cfg;
         let old = prev.map(|p| &*p.config);
         let mut restart = Vec::new();
@@ -220,6 +223,12 @@ impl Live {
                 crate::egress::EgressState::new(e).map_err(StartError::Egress)?,
             )),
         };
+        // Keys are read again on every reload (a rotated key file applies on SIGHUP); the
+        // cache of signed assertions goes with the old signer.
+        let assertion = match assertion {
+            None => None,
+            Some(a) => Some(Arc::new(crate::assertion::Signer::new(a)?)),
+        };
         let live = Live {
             generation: prev.map_or(1, |p| p.generation + 1),
             config: cfg.clone(),
@@ -229,6 +238,7 @@ impl Live {
             webhooks,
             s3,
             egress,
+            assertion,
         };
         Ok((live, restart))
     }

@@ -80,6 +80,8 @@ pub struct Live {
     pub s3: Option<Arc<S3Backend>>,
     /// The egress services, when `[egress]` is configured.
     pub egress: Option<Arc<crate::egress::EgressState>>,
+    /// The identity assertion signer, when `[assertion]` is configured.
+    pub assertion: Option<Arc<crate::assertion::Signer>>,
 }
 
 /// Shared, long-lived state of the proxy.
@@ -132,6 +134,7 @@ impl Gateway {
             webhooks: cur.webhooks.clone(),
             s3: cur.s3.clone(),
             egress: cur.egress.clone(),
+            assertion: cur.assertion.clone(),
         });
     }
 

@@ -77,6 +77,36 @@ def generate_image():
     return jsonify(key=key, size=head["ContentLength"], sha256=hashlib.sha256(body).hexdigest())
 
 
+if os.environ.get("PORTIER_JWKS_URL"):
+    # The legacy backend after its move behind Portier: its `require_auth` comes from
+    # portier_flask, which trusts only Portier's signed assertion (never the plain headers).
+    from portier_flask import PortierAuth, current_user, require_auth, require_plan
+
+    PortierAuth(app, jwks_url=os.environ["PORTIER_JWKS_URL"], audience=os.environ["PORTIER_AUDIENCE"])
+
+    def _me():
+        user = current_user()
+        return {
+            "id": user.id,
+            "session_id": user.session_id,
+            "org_id": user.org_id,
+            "org_role": user.org_role,
+            "plans": list(user.plans),
+            "pro": user.has_plan("pro"),
+        }
+
+    @app.route("/api/me")
+    @require_auth
+    def me():
+        # The raw assertion is echoed so the test can replay it elsewhere.
+        return jsonify(user=_me(), assertion=request.headers.get("X-Portier-Assertion"))
+
+    @app.route("/api/pro")
+    @require_plan("pro")
+    def pro():
+        return jsonify(user=_me())
+
+
 def main():
     server = make_server("127.0.0.1", 0, app, threaded=True)
     print(f"PORT {server.server_port}", flush=True)

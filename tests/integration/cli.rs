@@ -40,6 +40,7 @@ fn check_warns_about_unset_secret_env_vars_on_their_line() {
             "CLERK_WEBHOOK_SECRET",
             "EGRESS_FLASK_SECRET",
             "EGRESS_WORKERS_SECRET",
+            "PORTIER_ASSERTION_KEY",
         ] {
             if set {
                 cmd.env(name, "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw");
@@ -87,6 +88,10 @@ fn check_warns_about_unset_secret_env_vars_on_their_line() {
             (
                 "egress.services.workers.secret_env".to_owned(),
                 line_of("\"EGRESS_WORKERS_SECRET\"")
+            ),
+            (
+                "assertion.keys[0].pem_env".to_owned(),
+                line_of("\"PORTIER_ASSERTION_KEY\"")
             ),
         ],
         "the rotation slot CLERK_WEBHOOK_SECRET_PREVIOUS is optional"

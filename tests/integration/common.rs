@@ -757,6 +757,13 @@ impl PortierProcess {
     }
 }
 
+impl PortierProcess {
+    /// The config file the process runs on (edit it to reload).
+    pub fn config_path(&self) -> PathBuf {
+        self._dir.0.join("config.toml")
+    }
+}
+
 impl Drop for PortierProcess {
     fn drop(&mut self) {
         let _ = self.child.kill();

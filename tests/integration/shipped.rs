@@ -33,6 +33,10 @@ pub fn shipped_webhook_secret(name: &str) -> &'static str {
         );
         std::env::set_var("EGRESS_FLASK_SECRET", SHIPPED_FLASK_SECRET);
         std::env::set_var("EGRESS_WORKERS_SECRET", SHIPPED_WORKERS_SECRET);
+        std::env::set_var(
+            "PORTIER_ASSERTION_KEY",
+            portier::assertion::generate_pem().expect("assertion key"),
+        );
         (w, c)
     });
     if name == "clerk" {

@@ -6,7 +6,7 @@ checks it against Portier's JWKS and gives views the caller::
 
     from portier_flask import PortierAuth, current_user, require_auth, require_plan
 
-    PortierAuth(app, jwks_url="http://portier:9090/jwks.json", audience="flask")
+    PortierAuth(app, jwks_url="http://127.0.0.1:9901/.well-known/jwks.json", audience="flask")
 
     @app.get("/api/books")
     @require_plan("pro")
