@@ -245,6 +245,7 @@ fn bench_policy(c: &mut Criterion) {
     let facts = RequestFacts {
         method: "GET",
         navigation: false,
+        handshake: None,
     };
 
     let mut g = c.benchmark_group("policy_decide");

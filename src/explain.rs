@@ -10,7 +10,7 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 
 use crate::admission::upstream::prepare_upstream_headers;
-use crate::admission::{authenticate, is_navigation};
+use crate::admission::{authenticate, pages};
 use crate::auth::{Identity, Verifier};
 use crate::config::Credentials;
 use crate::error::Reason;
@@ -46,6 +46,8 @@ pub struct ExplainReport {
     pub upstream_headers: Vec<(String, String)>,
     /// What the `x-portier-assertion` sent upstream would say (times and signature aside).
     pub assertion: Option<serde_json::Value>,
+    /// A person's refused navigation on a page route: where it is sent (307).
+    pub redirect: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -77,6 +79,8 @@ pub struct ExplainContext<'a, F: Fn(&str) -> Credentials> {
     pub max_body_bytes: u64,
     /// `[assertion]`, when configured: the claims an asserted upstream would get are shown.
     pub assertion: Option<&'a crate::config::AssertionConfig>,
+    /// `[pages]`: where refused navigations on page routes are redirected.
+    pub pages: &'a crate::config::PagesConfig,
 }
 
 pub async fn explain_request<F: Fn(&str) -> Credentials>(
@@ -90,6 +94,7 @@ pub async fn explain_request<F: Fn(&str) -> Credentials>(
         credentials_of,
         max_body_bytes,
         assertion,
+        pages: pages_config,
     } = cx;
     let ExplainRequest {
         method,
@@ -121,6 +126,7 @@ pub async fn explain_request<F: Fn(&str) -> Credentials>(
         upstream: None,
         upstream_headers: Vec::new(),
         assertion: None,
+        redirect: None,
     };
     let canonical = match canonicalize(&raw_path) {
         Ok(c) => c,
@@ -154,11 +160,39 @@ pub async fn explain_request<F: Fn(&str) -> Credentials>(
         Authn::SignedIn(id) => Some(id.user_id.clone()),
         Authn::SignedOut { .. } => None,
     };
+    // A Pages Router data request is decided by its page, as the proxy does.
+    let data_page = pages::next_data_page(&canonical);
+    let decided = data_page.as_deref().unwrap_or(&canonical);
+    let navigation = pages::is_navigation(&req.method, &req.headers);
     let facts = RequestFacts {
         method,
-        navigation: is_navigation(&req.method, &req.headers),
+        navigation,
+        handshake: pages::clerk_would_handshake(
+            &req.method,
+            &req.headers,
+            req.uri.query(),
+            verifier.settings().cookie_suffix.as_deref(),
+            &authn,
+        ),
     };
-    let mut ex = explain(policies, &canonical, &facts, &authn);
+    let mut ex = explain(policies, decided, &facts, &authn);
+    if let Some(page) = &data_page {
+        let is_page = ex
+            .route_index
+            .and_then(|i| policies.routes.get(i))
+            .is_some_and(|r| r.is_page());
+        ex.steps.insert(
+            0,
+            Step::new(
+                format!("Pages Router data request: decided by the page {page}"),
+                is_page,
+                (!is_page).then_some(Reason::NoRoute),
+            ),
+        );
+        if !is_page {
+            ex.decision = Decision::Deny(Reason::NoRoute);
+        }
+    }
     report.params = ex.params.clone();
     report.route = ex.route.clone();
     let route = ex.route_index.and_then(|i| policies.routes.get(i));
@@ -218,6 +252,14 @@ pub async fn explain_request<F: Fn(&str) -> Credentials>(
         Decision::Deny(r) => {
             report.status = r.status();
             report.reason = Some(r.code());
+            if let (Some(route), true) = (route, navigation) {
+                if route.is_page() {
+                    report.redirect = pages::refusal_redirect(pages_config, route, *r, target);
+                    if report.redirect.is_some() {
+                        report.status = 307;
+                    }
+                }
+            }
         }
         Decision::Allow {
             identity, shadow, ..
@@ -367,6 +409,11 @@ impl ExplainReport {
                 .map(|r| format!(" (shadow rule would refuse: {r})"))
                 .unwrap_or_default(),
         ));
+        if let Some(to) = &self.redirect {
+            s.push_str(&format!(
+                "redirect  307 -> {to} (a person's navigation on a page route)\n"
+            ));
+        }
         if self.decision == "allow" {
             s.push_str(&format!(
                 "upstream  {}\n",

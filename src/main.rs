@@ -401,6 +401,7 @@ fn explain(
         },
         max_body_bytes: cfg.limits.max_body_bytes,
         assertion: cfg.assertion.as_ref(),
+        pages: &cfg.pages,
     };
     let report = rt.block_on(explain_request(cx, request))?;
     match format {

@@ -8,12 +8,13 @@
 //! ([`crate::policy::evaluate`]), rate limit, then the kind's own checks (webhook signature,
 //! S3 operation, presign request) and finally the upstream request.
 
+pub mod pages;
 pub mod s3;
 pub mod upstream;
 
 use std::net::IpAddr;
 
-use http::{HeaderMap, Method};
+use http::HeaderMap;
 
 use crate::auth::{extract_token, Identity, Verifier};
 use crate::config::Cidr;
@@ -73,20 +74,6 @@ pub fn needs_authentication(route: &Route, headers: &HeaderMap) -> bool {
                 || headers.contains_key(http::header::COOKIE)
         }
     }
-}
-
-/// A browser page navigation: GET/HEAD with `Sec-Fetch-Mode: navigate` or `Accept: text/html`.
-pub fn is_navigation(method: &Method, headers: &HeaderMap) -> bool {
-    if method != Method::GET && method != Method::HEAD {
-        return false;
-    }
-    headers
-        .get("sec-fetch-mode")
-        .is_some_and(|v| v.as_bytes() == b"navigate")
-        || headers
-            .get(http::header::ACCEPT)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|a| a.contains("text/html"))
 }
 
 /// The client address: the peer, or, when the peer is a trusted proxy, the right-most

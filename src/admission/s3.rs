@@ -274,6 +274,7 @@ pub fn authorize_key(
     let facts = RequestFacts {
         method,
         navigation: false,
+        handshake: None,
     };
     if let Decision::Deny(reason) = evaluate(&m, &path, &facts, authn, &mut NoTrace) {
         return Err(reason);

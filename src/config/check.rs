@@ -89,6 +89,7 @@ impl Checker<'_> {
             s3,
             egress,
             assertion,
+            pages,
         } = raw;
         let (server, trusted_proxies) = self.server(server);
         let (verifier, jwks_source, jwks_timing) = self.clerk(clerk, &base);
@@ -103,6 +104,7 @@ impl Checker<'_> {
         let s3 = s3.and_then(|s| self.s3(s, &base));
         let egress = egress.and_then(|e| self.egress(e, s3.as_ref()));
         let assertion = assertion.and_then(|a| self.assertion(a, &upstreams, &base));
+        let pages = self.pages(pages);
         if self.diags.has_errors() {
             return Err(self.diags.sorted());
         }
@@ -134,7 +136,52 @@ impl Checker<'_> {
             s3,
             egress,
             assertion,
+            pages,
         })
+    }
+
+    fn pages(&mut self, raw: RawPages) -> PagesConfig {
+        let mut url = |v: Option<Spanned<String>>, key: &str| {
+            let v = v?;
+            let at = v.span().start;
+            let v = v.into_inner();
+            let path_ok = v.starts_with('/') && !v.starts_with("//") && !v.contains('\\');
+            let abs_ok = v
+                .parse::<http::Uri>()
+                .ok()
+                .is_some_and(|u| u.scheme_str() == Some("https") && u.host().is_some());
+            if !path_ok && !abs_ok {
+                self.err(at, key, "a path on this site (/sign-in) or an https:// URL");
+                return None;
+            }
+            Some(v)
+        };
+        let sign_in_url = url(raw.sign_in_url, "pages.sign_in_url");
+        let upgrade_url = url(raw.upgrade_url, "pages.upgrade_url");
+        let public_origin = raw.public_origin.and_then(|o| {
+            let at = o.span().start;
+            let o = o.into_inner();
+            let ok = o.parse::<http::Uri>().ok().is_some_and(|u| {
+                matches!(u.scheme_str(), Some("https" | "http"))
+                    && u.host().is_some()
+                    && u.path_and_query().is_none_or(|p| p.as_str() == "/")
+            });
+            if ok {
+                Some(o.trim_end_matches('/').to_owned())
+            } else {
+                self.err(
+                    at,
+                    "pages.public_origin",
+                    "scheme://host[:port], without a path",
+                );
+                None
+            }
+        });
+        PagesConfig {
+            sign_in_url,
+            upgrade_url,
+            public_origin,
+        }
     }
 
     fn assertion(

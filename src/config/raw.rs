@@ -38,6 +38,20 @@ pub(super) struct RawConfig {
     pub(super) egress: Option<Spanned<RawEgress>>,
     #[serde(default)]
     pub(super) assertion: Option<Spanned<RawAssertion>>,
+    #[serde(default)]
+    pub(super) pages: RawPages,
+}
+
+/// `[pages]`: redirects for people's navigations on page routes.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawPages {
+    #[serde(default)]
+    pub(super) sign_in_url: Option<Spanned<String>>,
+    #[serde(default)]
+    pub(super) upgrade_url: Option<Spanned<String>>,
+    #[serde(default)]
+    pub(super) public_origin: Option<Spanned<String>>,
 }
 
 /// `[assertion]`: the signed identity assertion for upstreams that verify it.

@@ -256,6 +256,20 @@ pub struct Config {
     pub s3: Option<S3Config>,
     pub egress: Option<EgressConfig>,
     pub assertion: Option<AssertionConfig>,
+    pub pages: PagesConfig,
+}
+
+/// `[pages]`, checked: where refused navigations on `page = true` routes are sent. Without a
+/// URL the refusal stays JSON.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct PagesConfig {
+    /// Signed-out navigations: 307 here, with `redirect_url` back.
+    pub sign_in_url: Option<String>,
+    /// Navigations that lack a plan or feature: 307 here, with `required` and `redirect_url`.
+    pub upgrade_url: Option<String>,
+    /// `scheme://host` that `redirect_url` is built on; a path when unset (never the Host
+    /// header, so a redirect cannot be pointed elsewhere).
+    pub public_origin: Option<String>,
 }
 
 /// `[assertion]`, checked: the signed identity assertion some upstreams get.

@@ -27,8 +27,46 @@ pub enum Authn {
 #[derive(Debug, Clone, Copy)]
 pub struct RequestFacts<'a> {
     pub method: &'a str,
-    /// A browser page navigation (GET/HEAD with `Sec-Fetch-Mode: navigate` or `Accept: text/html`).
+    /// A person's navigation ([`crate::admission::pages::is_navigation`]).
     pub navigation: bool,
+    /// Clerk's middleware would handshake this document request (or is completing one):
+    /// on a page route it passes to the app signed out ([`crate::admission::pages`]).
+    pub handshake: Option<Handshake>,
+}
+
+/// Why Clerk's middleware would redirect a document request to its handshake (or is
+/// completing one); the names are Clerk's `__clerk_hs_reason` values where it has one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Handshake {
+    /// `__clerk_handshake` / `__clerk_handshake_nonce` in the query or a cookie: the way back
+    /// from the Frontend API, resolved by the middleware.
+    Completing,
+    /// `__clerk_db_jwt` in the query (development instances).
+    DevBrowserSync,
+    /// `session-token-but-no-client-uat`.
+    SessionWithoutClientUat,
+    /// `client-uat-but-no-session-token`.
+    ClientUatWithoutSession,
+    /// `session-token-expired-refresh-*`.
+    Expired,
+    /// `session-token-nbf`.
+    NotYetValid,
+    /// `session-token-iat-in-the-future`.
+    IatInFuture,
+}
+
+impl Handshake {
+    pub fn describe(self) -> &'static str {
+        match self {
+            Handshake::Completing => "completing a handshake (__clerk_handshake)",
+            Handshake::DevBrowserSync => "dev-browser-sync",
+            Handshake::SessionWithoutClientUat => "session-token-but-no-client-uat",
+            Handshake::ClientUatWithoutSession => "client-uat-but-no-session-token",
+            Handshake::Expired => "session-token-expired",
+            Handshake::NotYetValid => "session-token-nbf",
+            Handshake::IatInFuture => "session-token-iat-in-the-future",
+        }
+    }
 }
 
 /// The outcome for one request.
@@ -159,7 +197,7 @@ pub fn evaluate(
             });
             return Decision::allow(None);
         }
-        (Access::SignedIn, Authn::SignedOut { reason, source }) => {
+        (Access::SignedIn, Authn::SignedOut { reason, .. }) => {
             trace.step(|| {
                 Step::new(
                     format!("access: signed in (signed out: {})", reason.code()),
@@ -168,16 +206,18 @@ pub fn evaluate(
                 )
                 .shadow(shadow_mode)
             });
-            // Next.js pages: an expired session cookie on a navigation goes through signed out
-            // so Clerk's middleware in the app can refresh it (tokens live 60 s).
-            if route.is_page()
-                && req.navigation
-                && *reason == Reason::TokenExpired
-                && *source == Some(TokenSource::Cookie)
-            {
+            // Next.js pages: what Clerk's middleware would answer with its handshake (an
+            // expired 60 s token, a first visit after sign-in, the way back from the Frontend
+            // API) goes to the app signed out, so the session can refresh. The proxy lets only
+            // a redirect, or a page for a session that holds this policy, back out.
+            if let (true, Some(why)) = (route.is_page(), req.handshake) {
                 trace.step(|| {
                     Step::new(
-                        "page navigation with an expired cookie: passes signed out",
+                        format!(
+                            "page: Clerk's middleware would handshake ({}): passes signed out, \
+                             its answer is checked",
+                            why.describe()
+                        ),
                         true,
                         None,
                     )

@@ -21,8 +21,8 @@ pub use compile::{
 };
 pub use content::ContentType;
 pub use eval::{
-    decide, evaluate, explain, object_key, Authn, Decision, Explanation, NoTrace, RequestFacts,
-    Step, Trace,
+    decide, evaluate, explain, object_key, Authn, Decision, Explanation, Handshake, NoTrace,
+    RequestFacts, Step, Trace,
 };
 pub use schema::{Mode, S3Mode};
 

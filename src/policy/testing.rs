@@ -20,7 +20,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 use toml::Spanned;
 
-use super::{decide, Authn, Decision, PolicySet, RequestFacts};
+use super::{decide, Authn, Decision, Handshake, PolicySet, RequestFacts};
 use crate::auth::{Identity, TokenSource};
 use crate::diag::{from_toml_error, Diagnostic, Diagnostics};
 use crate::error::Reason;
@@ -168,9 +168,27 @@ pub fn run(set: &PolicySet, sources: &[(PathBuf, String)]) -> Result<Vec<CaseRes
             };
             let (route, decision) = match canonicalize(&c.path) {
                 Ok(p) => {
+                    // A navigation case with an expired/early cookie token stands for the
+                    // document request Clerk's middleware would handshake.
+                    let handshake = match (&authn, c.navigation) {
+                        (
+                            Authn::SignedOut {
+                                reason,
+                                source: Some(TokenSource::Cookie),
+                            },
+                            true,
+                        ) => match reason {
+                            Reason::TokenExpired => Some(Handshake::Expired),
+                            Reason::TokenNotYetValid => Some(Handshake::NotYetValid),
+                            Reason::TokenIatInFuture => Some(Handshake::IatInFuture),
+                            _ => None,
+                        },
+                        _ => None,
+                    };
                     let facts = RequestFacts {
                         method: &c.method,
                         navigation: c.navigation,
+                        handshake,
                     };
                     decide(set, &p, &facts, &authn)
                 }

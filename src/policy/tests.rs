@@ -32,6 +32,7 @@ fn id(extra: serde_json::Value) -> Arc<Identity> {
 const GET: RequestFacts<'static> = RequestFacts {
     method: "GET",
     navigation: false,
+    handshake: None,
 };
 
 fn run(s: &PolicySet, path: &str, req: &RequestFacts<'_>, a: &Authn) -> Decision {
@@ -143,6 +144,7 @@ fn plans_are_alternatives() {
     let post = RequestFacts {
         method: "POST",
         navigation: false,
+        handshake: None,
     };
     assert!(matches!(
         run(
@@ -174,11 +176,12 @@ fn plans_are_alternatives() {
 }
 
 #[test]
-fn page_pass_through_needs_an_expired_cookie_on_a_navigation() {
+fn page_pass_through_needs_a_handshake_on_a_page_route() {
     let s = set(ROUTES);
     let nav = RequestFacts {
         method: "GET",
         navigation: true,
+        handshake: Some(super::Handshake::Expired),
     };
     let expired_cookie = Authn::SignedOut {
         reason: Reason::TokenExpired,
@@ -200,16 +203,25 @@ fn page_pass_through_needs_an_expired_cookie_on_a_navigation() {
         reason: Reason::TokenExpired,
         source: Some(TokenSource::Header),
     };
+    let no_handshake = RequestFacts {
+        handshake: None,
+        ..nav
+    };
     assert_eq!(
-        run(&s, "/page", &nav, &header),
+        run(&s, "/page", &no_handshake, &header),
         Decision::Deny(Reason::TokenExpired)
+    );
+    assert_eq!(
+        run(&s, "/gen", &nav, &expired_cookie),
+        Decision::Deny(Reason::TokenExpired),
+        "only page routes pass"
     );
     let invalid = Authn::SignedOut {
         reason: Reason::TokenInvalidSignature,
         source: Some(TokenSource::Cookie),
     };
     assert_eq!(
-        run(&s, "/page", &nav, &invalid),
+        run(&s, "/page", &no_handshake, &invalid),
         Decision::Deny(Reason::TokenInvalidSignature)
     );
     // Signed in, the page's requirements apply as usual.
@@ -227,6 +239,7 @@ fn lookup_reasons() {
     let del = RequestFacts {
         method: "DELETE",
         navigation: false,
+        handshake: None,
     };
     assert_eq!(
         run(&s, "/files/user_a/x", &del, &me),
@@ -236,6 +249,7 @@ fn lookup_reasons() {
     let trace = RequestFacts {
         method: "TRACE",
         navigation: false,
+        handshake: None,
     };
     assert_eq!(
         run(&s, "/gen", &trace, &me),
@@ -421,6 +435,7 @@ fn random_requests_on_the_shipped_policies() {
         let req = RequestFacts {
             method,
             navigation: rng.random_bool(0.5),
+            handshake: None,
         };
         let (route, d) = decide(&set, &c, &req, &me);
         if let (Some(i), Decision::Allow { .. }) = (route, &d) {

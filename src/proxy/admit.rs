@@ -10,10 +10,10 @@ use pingora::proxy::Session;
 use pingora::{Error, ErrorType, Result};
 
 use super::body::{continue_if_expected, read_bounded, sniff};
-use super::ctx::{Ctx, S3Call};
+use super::ctx::{Ctx, PageCheck, S3Call};
 use super::Portier;
 use crate::admission::{
-    self, authenticate, body_limit, client_ip, content_length, is_navigation, needs_authentication,
+    self, authenticate, body_limit, client_ip, content_length, needs_authentication, pages,
     rate_key, s3::S3Op,
 };
 use crate::auth::verify::unix_now;
@@ -40,6 +40,8 @@ pub(super) enum Admitted {
 pub(super) struct Refusal {
     pub reason: Reason,
     pub headers: Vec<(&'static str, String)>,
+    /// A person's navigation on a page route: 307 here instead of the JSON status.
+    pub redirect: Option<String>,
 }
 
 impl From<Reason> for Refusal {
@@ -47,7 +49,15 @@ impl From<Reason> for Refusal {
         Refusal {
             reason,
             headers: Vec::new(),
+            redirect: None,
         }
+    }
+}
+
+fn authn_reason(authn: &Authn) -> Reason {
+    match authn {
+        Authn::SignedOut { reason, .. } => *reason,
+        Authn::SignedIn(_) => Reason::TokenMissing,
     }
 }
 
@@ -104,14 +114,21 @@ impl Portier {
                 }));
             }
         }
-        let m = match policies.lookup(method, &canonical) {
+        // A Pages Router data request is decided by its page's route (never an asset route);
+        // it is forwarded as it came.
+        let data_page = pages::next_data_page(&canonical);
+        let decided_path = data_page.as_deref().unwrap_or(&canonical);
+        let m = match policies.lookup(method, decided_path) {
+            Ok(m) if data_page.is_some() && !m.route.is_page() => {
+                return Ok(Err(Reason::NoRoute.into()))
+            }
             Ok(m) => m,
             Err(reason) => {
                 let mut refusal = Refusal::from(reason);
                 if reason == Reason::MethodNotAllowed {
                     refusal
                         .headers
-                        .push(("allow", policies.allowed_methods(&canonical).join(", ")));
+                        .push(("allow", policies.allowed_methods(decided_path).join(", ")));
                 }
                 return Ok(Err(refusal));
             }
@@ -134,16 +151,34 @@ impl Portier {
                 source: None,
             }
         };
+        let navigation = pages::is_navigation(&req.method, &req.headers);
+        let handshake = if route.is_page() {
+            pages::clerk_would_handshake(
+                &req.method,
+                &req.headers,
+                req.uri.query(),
+                live.verifier.settings().cookie_suffix.as_deref(),
+                &authn,
+            )
+        } else {
+            None
+        };
         let facts = RequestFacts {
             method,
-            navigation: is_navigation(&req.method, &req.headers),
+            navigation,
+            handshake,
         };
-        match evaluate(&m, &canonical, &facts, &authn, &mut NoTrace) {
+        match evaluate(&m, decided_path, &facts, &authn, &mut NoTrace) {
             Decision::Deny(reason) => {
                 if let Authn::SignedIn(id) = authn {
                     ctx.identity = Some(id);
                 }
-                return Ok(Err(reason.into()));
+                let mut refusal = Refusal::from(reason);
+                if route.is_page() && navigation {
+                    let target = req.uri.path_and_query().map_or("/", |pq| pq.as_str());
+                    refusal.redirect = pages::refusal_redirect(&cfg.pages, route, reason, target);
+                }
+                return Ok(Err(refusal));
             }
             Decision::Allow {
                 identity,
@@ -152,6 +187,19 @@ impl Portier {
             } => {
                 ctx.identity = identity;
                 ctx.signed_out_page = signed_out_page;
+                if signed_out_page {
+                    // The answer is checked against this route before it goes back.
+                    ctx.page_check = Some(PageCheck {
+                        route: m.index,
+                        reason: authn_reason(&authn),
+                        navigation,
+                        target: req
+                            .uri
+                            .path_and_query()
+                            .map_or("/", |pq| pq.as_str())
+                            .to_owned(),
+                    });
+                }
                 ctx.shadow = shadow;
             }
         }
@@ -222,6 +270,7 @@ impl Portier {
                     return Some(Refusal {
                         reason: Reason::RateLimited,
                         headers,
+                        redirect: None,
                     });
                 }
                 ctx.rate_headers = headers;

@@ -56,6 +56,23 @@ pub struct Ctx {
     pub(super) egress: Option<super::egress::EgressCall>,
     pub(super) egress_service: Option<String>,
     pub(super) egress_error: Option<crate::egress::errors::S3Error>,
+    /// A page request that went to the app signed out (Clerk's handshake): its answer is
+    /// checked against the route before it goes back.
+    pub(super) page_check: Option<PageCheck>,
+    /// The app's answer was replaced (a page the policy refuses): its body is dropped and
+    /// this one sent.
+    pub(super) page_replaced: Option<bytes::Bytes>,
+}
+
+/// What the answer of a signed-out page pass-through is checked against.
+pub struct PageCheck {
+    /// The route (index in the live policy set).
+    pub route: usize,
+    /// Why the request was signed out when it came in.
+    pub reason: Reason,
+    pub navigation: bool,
+    /// The request's path and query, for a sign-in `redirect_url`.
+    pub target: String,
 }
 
 impl Ctx {

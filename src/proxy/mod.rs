@@ -17,6 +17,7 @@ mod admit;
 mod body;
 mod ctx;
 mod egress;
+mod pages;
 mod respond;
 mod s3;
 
@@ -97,7 +98,17 @@ impl ProxyHttp for Portier {
             }
             Err(refusal) => {
                 ctx.reason = Some(refusal.reason);
-                send_error(session, refusal.reason, &refusal.headers).await?;
+                match refusal.redirect {
+                    // A person's navigation: the sign-in or upgrade page, the reason kept in
+                    // the body for whoever looks.
+                    Some(location) => {
+                        let mut headers = refusal.headers;
+                        headers.push(("location", location));
+                        send_json(session, 307, Bytes::from(refusal.reason.body()), &headers)
+                            .await?
+                    }
+                    None => send_error(session, refusal.reason, &refusal.headers).await?,
+                }
                 Ok(true)
             }
         }
@@ -118,6 +129,7 @@ impl ProxyHttp for Portier {
         if let Some(call) = &ctx.egress {
             egress::replace_body(body, end_of_stream, call);
         }
+        pages::replace_body(body, end_of_stream, ctx);
         Ok(None)
     }
 
@@ -180,7 +192,7 @@ impl ProxyHttp for Portier {
         for (k, v) in ctx.rate_headers.drain(..) {
             resp.insert_header(k, v)?;
         }
-        Ok(())
+        self.page_answer(session, resp, ctx).await
     }
 
     async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {

@@ -162,6 +162,8 @@ impl Live {
             s3,
             egress,
             assertion,
+            // Read from the live config by each request.
+            pages: _,
         } = &*cfg;
         let old = prev.map(|p| &*p.config);
         let mut restart = Vec::new();

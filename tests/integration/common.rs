@@ -164,7 +164,31 @@ impl Upstream {
                         headers,
                     });
                 }
-                json_response(200, &json!({"upstream": "ok", "path": path}))
+                // Tests ask for what Clerk's middleware would answer: its handshake redirect,
+                // or a page that sets a fresh session cookie (completing a handshake).
+                let answer = parts
+                    .headers
+                    .get("x-test-answer")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("");
+                let mut resp = json_response(200, &json!({"upstream": "ok", "path": path}));
+                if answer == "handshake" {
+                    *resp.status_mut() = http::StatusCode::TEMPORARY_REDIRECT;
+                    resp.headers_mut().insert(
+                        "location",
+                        http::HeaderValue::from_static(
+                            "https://clerk.portier.test/v1/client/handshake?format=nonce",
+                        ),
+                    );
+                } else if let Some(token) = answer.strip_prefix("session=") {
+                    if let Ok(v) = format!("__session={token}; Path=/; SameSite=Lax").parse() {
+                        resp.headers_mut().append("set-cookie", v);
+                    }
+                    if let Ok(v) = "__client_uat=1700000000; Path=/".parse() {
+                        resp.headers_mut().append("set-cookie", v);
+                    }
+                }
+                resp
             }),
         ));
         Upstream { addr, seen }

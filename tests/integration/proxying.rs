@@ -104,74 +104,131 @@ fn credentials_are_forwarded_or_stripped_per_upstream() {
     );
 }
 
+/// What Clerk's middleware would handshake goes to the app signed out; only a redirect, or a
+/// page for a session that holds the route's policy, comes back out.
 #[test]
-fn expired_cookie_on_a_page_navigation_passes_signed_out() {
+fn handshake_navigations_pass_signed_out_and_only_a_redirect_or_a_good_session_returns() {
     let w = World::start();
     let expired = issuer().token(&issuer().claims("user_abc", AZP, -60));
-    let cookie = format!("__session={expired}");
-    // A browser navigation with an expired cookie: through, signed out, cookie intact.
-    let r = w.get(
-        "/dashboard/home",
-        &[("Cookie", &cookie), ("Sec-Fetch-Mode", "navigate")],
-    );
-    assert_eq!(r.status, 200, "{}", r.body);
+    let cookie = format!("__session={expired}; __client_uat=1700000000");
+    let doc = |answer: &str| {
+        vec![
+            ("Cookie", cookie.clone()),
+            ("Sec-Fetch-Dest", "document".to_string()),
+            ("Sec-Fetch-Mode", "navigate".to_string()),
+            ("X-Test-Answer", answer.to_string()),
+        ]
+    };
+    let send = |headers: &[(&str, String)]| {
+        let h: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        w.get("/dashboard/home", &h)
+    };
+    // The app answers with Clerk's handshake redirect: it goes back unchanged, not cached.
+    let r = send(&doc("handshake"));
+    assert_eq!(r.status, 307, "{}", r.body);
+    assert!(r
+        .header("location")
+        .is_some_and(|l| l.starts_with("https://clerk.portier.test/v1/client/handshake")));
+    assert!(r
+        .header("cache-control")
+        .is_some_and(|c| c.contains("no-store")));
     let seen = w.next.last();
-    assert_eq!(seen.header("x-portier-user-id"), None);
-    assert_eq!(seen.header("cookie"), Some(cookie.as_str()));
+    assert_eq!(seen.header("x-portier-user-id"), None, "signed out");
+    assert_eq!(
+        seen.header("cookie"),
+        Some(cookie.as_str()),
+        "cookies untouched"
+    );
+    // The app completes a handshake and renders: it passes for a session that holds the
+    // policy, with the new cookies.
+    let fresh = token("user_abc");
+    let r = send(&doc(&format!("session={fresh}")));
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(r.body.contains("\"upstream\":\"ok\""));
+    // The app renders without establishing a session (it decided signed out): the page never
+    // leaves, the refusal does.
+    let r = send(&doc(""));
+    assert_eq!(
+        (r.status, r.reason().as_str()),
+        (401, "token_expired"),
+        "{}",
+        r.body
+    );
+    assert!(!r.body.contains("upstream"), "the app's page was replaced");
+    // A fresh session that is not a Clerk session Portier accepts (another issuer's key).
+    let forged = issuer2().token(&issuer2().claims("user_abc", AZP, 60));
+    let r = send(&doc(&format!("session={forged}")));
+    assert_eq!(r.status, 401, "{}", r.body);
+    // Same, with HTML Accept and no fetch metadata: Clerk's other document rule.
     let r = w.get(
         "/dashboard/home",
         &[
             ("Cookie", &cookie),
             ("Accept", "text/html,application/xhtml+xml"),
+            ("X-Test-Answer", "handshake"),
         ],
     );
-    assert_eq!(r.status, 200);
+    assert_eq!(r.status, 307);
     let before = w.next.count();
-    // Not a navigation (fetch from script), or the token in a header, or not expired but
-    // invalid, or no cookie at all: the normal 401.
+    // Not a document request (fetch from script), the token in a header but invalid, a
+    // tampered cookie, or no cookie at all: Clerk would not handshake, the normal 401.
     for (what, headers) in [
         (
             "fetch",
             vec![
                 ("Cookie", cookie.clone()),
+                ("Sec-Fetch-Dest", "empty".to_string()),
                 ("Sec-Fetch-Mode", "cors".to_string()),
             ],
         ),
         (
             "header",
             vec![
-                ("Authorization", bearer(&expired)),
-                ("Sec-Fetch-Mode", "navigate".to_string()),
+                ("Authorization", bearer("a.b.c")),
+                ("Sec-Fetch-Dest", "document".to_string()),
             ],
         ),
         (
             "tampered",
             vec![
-                ("Cookie", "__session=a.b.c".to_string()),
-                ("Sec-Fetch-Mode", "navigate".to_string()),
+                (
+                    "Cookie",
+                    "__session=a.b.c; __client_uat=1700000000".to_string(),
+                ),
+                ("Sec-Fetch-Dest", "document".to_string()),
             ],
         ),
-        ("none", vec![("Sec-Fetch-Mode", "navigate".to_string())]),
+        ("none", vec![("Sec-Fetch-Dest", "document".to_string())]),
     ] {
         let h: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
         let r = w.get("/dashboard/home", &h);
         assert_eq!(r.status, 401, "{what}: {}", r.body);
     }
-    // A POST is never a navigation.
+    // A POST is never handshaken (and this page takes none).
     let r = raw(
         w.portier.addr,
         "POST",
         "/dashboard/home",
-        &[("Cookie", &cookie), ("Sec-Fetch-Mode", "navigate")],
+        &[("Cookie", &cookie), ("Sec-Fetch-Dest", "document")],
     );
     assert_eq!(r.status, 405);
     assert_eq!(w.next.count(), before);
     // Non-page routes never pass through.
     let r = w.get(
         "/api/books/1",
-        &[("Cookie", &cookie), ("Sec-Fetch-Mode", "navigate")],
+        &[("Cookie", &cookie), ("Sec-Fetch-Dest", "document")],
     );
     assert_eq!((r.status, r.reason().as_str()), (401, "token_expired"));
+    // An expired Bearer token on a document request is handshaken by Clerk too.
+    let r = w.get(
+        "/dashboard/home",
+        &[
+            ("Authorization", &bearer(&expired)),
+            ("Sec-Fetch-Dest", "document"),
+            ("X-Test-Answer", "handshake"),
+        ],
+    );
+    assert_eq!(r.status, 307);
     let _ = unix_now();
 }
 
