@@ -61,6 +61,37 @@ impl BackgroundService for CredentialRefresher {
     }
 }
 
+/// Background service of `portier run`: once shutdown starts (SIGTERM, or SIGQUIT after the
+/// listening sockets went to a new process) and the listeners stopped accepting, waits for the
+/// requests in flight to finish, flushes the decision log and exits. Pingora itself would wait
+/// the whole grace period and then cancel whatever is still running; this ends the process as
+/// soon as nothing is, and `grace_period_seconds` is the longest drain.
+pub struct Drain {
+    pub gateway: Arc<Gateway>,
+}
+
+#[async_trait]
+impl BackgroundService for Drain {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        while !*shutdown.borrow() {
+            if shutdown.changed().await.is_err() {
+                return;
+            }
+        }
+        let started = std::time::Instant::now();
+        log::info!(
+            "draining: {} request(s) in flight, new connections refused",
+            self.gateway.in_flight()
+        );
+        while self.gateway.in_flight() > 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        self.gateway.flush_logs();
+        log::info!("drained in {:?}; exiting", started.elapsed());
+        std::process::exit(0);
+    }
+}
+
 /// Background service: `/metrics`, `/healthz`, `/readyz` on the admin address.
 pub struct Admin {
     pub gateway: Arc<Gateway>,

@@ -48,6 +48,10 @@ enum Cmd {
     Run {
         #[arg(short, long, default_value = "config.toml")]
         config: PathBuf,
+        /// Take over the listening sockets of the running Portier: start this, then send the
+        /// old process SIGQUIT; it hands them over on `server.upgrade_sock`, drains and exits.
+        #[arg(long)]
+        upgrade: bool,
     },
     /// Validate the config and every policy file, and lint the policies; exit 1 on any error.
     Check {
@@ -133,7 +137,7 @@ fn init_logging() {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.cmd {
-        Cmd::Run { config } => run(&config),
+        Cmd::Run { config, upgrade } => run(&config, upgrade),
         Cmd::Check {
             config,
             format,
@@ -411,10 +415,20 @@ fn explain(
     Ok(())
 }
 
-fn run(config: &Path) -> anyhow::Result<()> {
+fn run(config: &Path, upgrade: bool) -> anyhow::Result<()> {
     init_logging();
     let cfg = Config::load(config).map_err(|d| anyhow!("invalid config:\n{d}"))?;
-    let built = server::build_from_config(&cfg, config)?;
+    let built = server::build_with(
+        &cfg,
+        portier::state::Sources {
+            config: portier::state::ConfigInput::File(config.to_path_buf()),
+            policies: portier::state::PolicyInput::ConfigDir,
+        },
+        server::RunMode {
+            upgrade,
+            exit_when_drained: true,
+        },
+    )?;
     warm_keys(&built.gateway);
     warm_credentials(&built.gateway);
     log::info!("portier listening on {:?}", built.listen);

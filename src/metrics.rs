@@ -26,6 +26,7 @@ pub struct Metrics {
     s3_credentials_expiry: Gauge,
     s3_credential_refreshes: IntCounterVec,
     pub policy_generation: IntGauge,
+    pub in_flight: IntGauge,
     pub upstream_errors: IntCounterVec,
     pub upstream_bytes: IntCounterVec,
     pub rate_limit_store_errors: IntCounterVec,
@@ -86,6 +87,11 @@ impl Metrics {
             "Generation of the policy set in use (1 at start)",
         )?;
         r.register(Box::new(policy_generation.clone()))?;
+        let in_flight = IntGauge::new(
+            "portier_requests_in_flight",
+            "Requests being handled (what a drain on SIGTERM waits for)",
+        )?;
+        r.register(Box::new(in_flight.clone()))?;
         let jwks_key_age = Gauge::new(
             "portier_jwks_key_age_seconds",
             "Age of the signing keys in use",
@@ -194,6 +200,7 @@ impl Metrics {
             )?,
             latency,
             policy_generation,
+            in_flight,
             jwks_key_age,
             token_cache_entries,
             registry: r,

@@ -12,7 +12,7 @@ use pingora::server::configuration::ServerConf;
 use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
 use pingora::services::background::background_service;
 
-use crate::admin::{Admin, CredentialRefresher, LogFlusher};
+use crate::admin::{Admin, CredentialRefresher, Drain, LogFlusher};
 use crate::config::Config;
 use crate::proxy::{Portier, Side};
 use crate::reload::Reloader;
@@ -25,15 +25,35 @@ pub struct Built {
     pub listen: Vec<SocketAddr>,
 }
 
+/// How the server runs: as `portier run` (its own process) or inside another program.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RunMode {
+    /// Take the listening sockets over from the running process (`portier run --upgrade`)
+    /// instead of binding them: it hands them over on `server.upgrade_sock` at its SIGQUIT.
+    pub upgrade: bool,
+    /// Exit the process once shutdown started and no request is in flight ([`Drain`]).
+    pub exit_when_drained: bool,
+}
+
 /// Builds the Pingora server for a config whose inputs are `sources`.
 pub fn build(cfg: &Config, sources: Sources) -> Result<Built, StartError> {
+    build_with(cfg, sources, RunMode::default())
+}
+
+/// [`build`], for a process of its own (`portier run`).
+pub fn build_with(cfg: &Config, sources: Sources, mode: RunMode) -> Result<Built, StartError> {
     let conf = ServerConf {
         threads: cfg.server.threads,
         grace_period_seconds: Some(cfg.server.grace_period.as_secs()),
         graceful_shutdown_timeout_seconds: Some(cfg.server.graceful_shutdown_timeout.as_secs()),
+        upgrade_sock: cfg.server.upgrade_sock.display().to_string(),
         ..ServerConf::default()
     };
-    let mut server = Server::new_with_opt_and_conf(None, conf);
+    let opt = pingora::server::configuration::Opt {
+        upgrade: mode.upgrade,
+        ..Default::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(Some(opt), conf);
     server.bootstrap();
     let (gateway, health) = Gateway::new(cfg, sources)?;
     for svc in health {
@@ -79,6 +99,14 @@ pub fn build(cfg: &Config, sources: Sources) -> Result<Built, StartError> {
             gateway: gateway.clone(),
         },
     ));
+    if mode.exit_when_drained {
+        server.add_service(background_service(
+            "drain",
+            Drain {
+                gateway: gateway.clone(),
+            },
+        ));
+    }
     if let Some(addr) = cfg.admin_listen {
         server.add_service(background_service(
             "admin",

@@ -351,6 +351,7 @@ impl Checker<'_> {
             threads: raw.threads.max(1),
             grace_period: Duration::from_secs(raw.grace_period_seconds),
             graceful_shutdown_timeout: Duration::from_secs(raw.graceful_shutdown_timeout_seconds),
+            upgrade_sock: PathBuf::from(&raw.upgrade_sock),
         };
         (settings, trusted_proxies)
     }

@@ -348,6 +348,13 @@ pub(super) struct RawServer {
     /// Proxies whose `X-Forwarded-For` is believed when finding the client address.
     #[serde(default)]
     pub(super) trusted_proxies: Option<Spanned<Vec<String>>>,
+    /// The Unix socket listening sockets are handed over on (`portier run --upgrade`).
+    #[serde(default = "default_upgrade_sock")]
+    pub(super) upgrade_sock: String,
+}
+
+pub(super) fn default_upgrade_sock() -> String {
+    "/tmp/portier_upgrade.sock".into()
 }
 
 impl Default for RawServer {
@@ -358,6 +365,7 @@ impl Default for RawServer {
             grace_period_seconds: default_grace(),
             graceful_shutdown_timeout_seconds: default_grace(),
             trusted_proxies: None,
+            upgrade_sock: default_upgrade_sock(),
         }
     }
 }

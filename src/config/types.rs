@@ -229,8 +229,10 @@ impl IdentityHeaders {
 pub struct ServerSettings {
     pub listen: Vec<SocketAddr>,
     pub threads: usize,
+    /// On SIGTERM (or SIGQUIT after a hand-over): the longest drain of requests in flight.
     pub grace_period: Duration,
     pub graceful_shutdown_timeout: Duration,
+    pub upgrade_sock: PathBuf,
 }
 
 /// The checked configuration.

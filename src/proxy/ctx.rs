@@ -62,6 +62,27 @@ pub struct Ctx {
     /// The app's answer was replaced (a page the policy refuses): its body is dropped and
     /// this one sent.
     pub(super) page_replaced: Option<bytes::Bytes>,
+    /// Counts the request as in flight until the context is dropped (the request is done).
+    pub(super) _in_flight: Option<InFlight>,
+}
+
+/// One request in [`crate::state::Gateway::in_flight`], for as long as it lives.
+pub struct InFlight(Arc<crate::state::Gateway>);
+
+impl InFlight {
+    pub fn new(gw: Arc<crate::state::Gateway>) -> InFlight {
+        gw.in_flight
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        InFlight(gw)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0
+            .in_flight
+            .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
 }
 
 /// What the answer of a signed-out page pass-through is checked against.

@@ -69,6 +69,7 @@ impl ProxyHttp for Portier {
     fn new_ctx(&self) -> Ctx {
         Ctx {
             started: Some(Instant::now()),
+            _in_flight: Some(ctx::InFlight::new(self.gw.clone())),
             ..Ctx::default()
         }
     }

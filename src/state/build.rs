@@ -303,6 +303,7 @@ impl Gateway {
             rate_store,
             rate_failure: cfg.rate_limit.on_redis_failure,
             replay,
+            in_flight: std::sync::atomic::AtomicUsize::new(0),
         };
         Ok((Arc::new(gateway), health))
     }

@@ -95,6 +95,8 @@ pub struct Gateway {
     pub(crate) rate_store: Arc<dyn RateStore>,
     pub(crate) rate_failure: RedisFailure,
     pub(crate) replay: Arc<dyn ReplayStore>,
+    /// Requests being handled now (a guard in each request's context): what a drain waits for.
+    pub(crate) in_flight: std::sync::atomic::AtomicUsize,
 }
 
 impl Gateway {
@@ -160,8 +162,14 @@ impl Gateway {
         self.decision_log.flush();
     }
 
+    /// Requests being handled now.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(std::sync::atomic::Ordering::Acquire)
+    }
+
     pub fn render_metrics(&self) -> String {
         let live = self.live();
+        self.metrics.in_flight.set(self.in_flight() as i64);
         self.metrics
             .render(&live.verifier, live.s3.as_ref().map(|b| &b.creds))
     }

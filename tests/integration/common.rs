@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
@@ -337,6 +337,10 @@ pub struct Setup {
     /// `scripts/test` greps for secrets afterwards.
     pub decision_log: PathBuf,
     pub admin: Option<SocketAddr>,
+    /// `[server] grace_period_seconds` (the drain on SIGTERM); 0 by default in tests.
+    pub grace_period_seconds: u64,
+    /// Extra `[server]` keys, verbatim.
+    pub server_extra: String,
 }
 
 /// The decision log shared by every Portier of the test run.
@@ -357,6 +361,8 @@ impl Setup {
             reload_poll_ms: 0,
             decision_log: shared_decision_log(),
             admin: None,
+            grace_period_seconds: 0,
+            server_extra: String::new(),
         }
     }
 
@@ -371,8 +377,9 @@ impl Setup {
 [server]
 listen = ["{listen}"]
 threads = 2
-grace_period_seconds = 0
+grace_period_seconds = {grace}
 graceful_shutdown_timeout_seconds = 1
+{server_extra}
 
 [clerk]
 issuer = "{ISSUER}"
@@ -409,6 +416,8 @@ path = "{log}"
 {extra_config}
 "#,
             log = self.decision_log.display(),
+            grace = self.grace_period_seconds,
+            server_extra = self.server_extra,
             admin = self
                 .admin
                 .map(|a| format!("[admin]\nlisten = \"{a}\"\n"))
@@ -756,35 +765,78 @@ impl Drop for Redis {
 pub struct PortierProcess {
     pub addr: SocketAddr,
     child: std::process::Child,
-    _dir: TempDir,
+    config: PathBuf,
+    _dir: Option<TempDir>,
 }
 
 impl PortierProcess {
     pub fn start(setup: Setup) -> PortierProcess {
+        Self::start_args(setup, &[])
+    }
+
+    /// `portier run -c <config> <args>`.
+    pub fn start_args(setup: Setup, args: &[&str]) -> PortierProcess {
         let (dir, cfg, addr) = setup.write();
-        let child = std::process::Command::new(env!("CARGO_BIN_EXE_portier"))
-            .args(["run", "-c"])
-            .arg(&cfg)
-            .env("RUST_LOG", "warn")
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .expect("start portier");
+        let p = Self::spawn(&cfg, addr, args, Some(dir));
         assert!(
             server::wait_listening(addr, Duration::from_secs(15)),
             "portier process did not start"
         );
+        p
+    }
+
+    fn spawn(cfg: &Path, addr: SocketAddr, args: &[&str], dir: Option<TempDir>) -> PortierProcess {
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_portier"))
+            .args(["run", "-c"])
+            .arg(cfg)
+            .args(args)
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("start portier");
         PortierProcess {
             addr,
             child,
+            config: cfg.to_path_buf(),
             _dir: dir,
         }
     }
-}
 
-impl PortierProcess {
+    /// Another `portier run` on the same config (`--upgrade` takes this one's sockets over).
+    pub fn another(&self, args: &[&str]) -> PortierProcess {
+        Self::spawn(&self.config, self.addr, args, None)
+    }
+
     /// The config file the process runs on (edit it to reload).
     pub fn config_path(&self) -> PathBuf {
-        self._dir.0.join("config.toml")
+        self.config.clone()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends a signal (`TERM`, `QUIT`, `HUP`) with kill(1).
+    pub fn signal(&self, sig: &str) {
+        let ok = std::process::Command::new("kill")
+            .args(["-s", sig, &self.pid().to_string()])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "kill -s {sig}");
+    }
+
+    /// Waits for the process to exit; `None` if it is still running after `timeout`.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            if std::time::Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 }
 

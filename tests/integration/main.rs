@@ -11,6 +11,7 @@ mod files;
 mod flask;
 mod guards;
 mod jwks;
+mod lifecycle;
 mod nextjs;
 mod ops;
 mod paths;
