@@ -64,6 +64,8 @@ pub struct Ctx {
     pub(super) page_replaced: Option<bytes::Bytes>,
     /// Counts the request as in flight until the context is dropped (the request is done).
     pub(super) _in_flight: Option<InFlight>,
+    /// Upstream peers this request was sent to (a failed connect is retried on another).
+    pub(super) tried_peers: Vec<pingora::protocols::l4::socket::SocketAddr>,
 }
 
 /// One request in [`crate::state::Gateway::in_flight`], for as long as it lives.

@@ -216,11 +216,18 @@ impl ProxyHttp for Portier {
             .upstream
             .as_ref()
             .ok_or_else(|| Error::explain(ErrorType::InternalError, "no upstream chosen"))?;
-        let backend = up.lb.select(b"", 256).ok_or_else(|| {
-            let mut e = Error::explain(ErrorType::ConnectNoRoute, "no healthy peer");
-            e.esource = ErrorSource::Upstream;
-            e
-        })?;
+        // A retry after a failed connect goes to another healthy peer when there is one.
+        let tried = &ctx.tried_peers;
+        let backend = up
+            .lb
+            .select_with(b"", 256, |b, healthy| healthy && !tried.contains(&b.addr))
+            .or_else(|| up.lb.select(b"", 256))
+            .ok_or_else(|| {
+                let mut e = Error::explain(ErrorType::ConnectNoRoute, "no healthy peer");
+                e.esource = ErrorSource::Upstream;
+                e
+            })?;
+        ctx.tried_peers.push(backend.addr.clone());
         let mut peer = HttpPeer::new(backend.addr, up.config.tls, up.config.sni.clone());
         peer.options.connection_timeout = Some(up.config.connect_timeout);
         let route_timeout = ctx.route_def().and_then(|r| r.timeout);
@@ -286,6 +293,25 @@ impl ProxyHttp for Portier {
             fwd,
         )?;
         self.add_assertion(upstream_request, ctx)
+    }
+
+    /// A peer that refused the connection (or did not accept it in time): nothing was sent,
+    /// so the request goes once more, to another peer, whatever its method.
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        peer: &HttpPeer,
+        ctx: &mut Ctx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        if ctx.upstream.is_some() && ctx.tried_peers.len() < 2 {
+            log::warn!(
+                "upstream peer {} refused the connection; trying another",
+                peer._address
+            );
+            e.set_retry(true);
+        }
+        e
     }
 
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {

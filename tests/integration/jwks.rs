@@ -116,3 +116,40 @@ fn rotation_is_picked_up_and_retired_keys_stop_working() {
     assert_eq!((r.status, r.reason().as_str()), (401, "token_unknown_key"));
     let _ = Arc::strong_count(&w.portier.gateway);
 }
+
+/// A key server that hangs delays only the requests that need it (an unknown kid), never
+/// those whose key is cached.
+#[test]
+fn a_hanging_key_server_does_not_delay_requests_with_cached_keys() {
+    let w = World::start();
+    assert_eq!(w.get_as("/api/books/1", &token("user_a")).status, 200);
+    w.jwks.delay_ms.store(3000, Ordering::SeqCst);
+    let addr = w.portier.addr;
+    let unknown = issuer2().token(&issuer2().claims("user_b", AZP, 60));
+    let waiting = std::thread::spawn(move || {
+        get(
+            addr,
+            "/api/books/1",
+            &[("Authorization", &bearer(&unknown))],
+        )
+        .status
+    });
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    let t = std::time::Instant::now();
+    for i in 0..20 {
+        // Distinct tokens: each is verified (RS256) with the cached key.
+        let r = w.get_as("/api/books/1", &token(&format!("user_c{i}")));
+        assert_eq!(r.status, 200);
+    }
+    assert!(
+        t.elapsed() < std::time::Duration::from_secs(2),
+        "cached-key requests waited: {:?}",
+        t.elapsed()
+    );
+    assert_ne!(
+        waiting.join().expect("join"),
+        200,
+        "the unknown kid is not accepted"
+    );
+    w.jwks.delay_ms.store(0, Ordering::SeqCst);
+}

@@ -290,3 +290,73 @@ access = "public"
     );
     assert_eq!(live.count(), 10);
 }
+
+/// A peer that refuses connections, before any health check noticed: every request is sent
+/// once more, to the live peer, whatever its method (nothing reached the dead one).
+#[test]
+fn a_refused_connection_is_retried_once_on_another_peer() {
+    let live = Upstream::start();
+    let jwks = JwksServer::start(vec![issuer().jwk()]);
+    let mut s = Setup::new(&jwks, &live, &live);
+    s.policies = r#"
+[[route]]
+name = "pool"
+path = "/pool/{rest..}"
+methods = ["GET", "POST"]
+upstream = "pool"
+access = "public"
+"#
+    .into();
+    s.extra_config = format!(
+        "[upstreams.pool]\npeers = [\"{}\", \"127.0.0.1:1\"]\nconnect_timeout_ms = 300\n",
+        live.addr
+    );
+    let p = s.start();
+    for i in 0..10 {
+        assert_eq!(
+            get(p.addr, &format!("/pool/{i}"), &[]).status,
+            200,
+            "GET {i}"
+        );
+        let r = send_body(
+            p.addr,
+            "POST",
+            &format!("/pool/p{i}"),
+            &[],
+            b"payload",
+            false,
+        );
+        assert_eq!(r.status, 200, "POST {i}: {}", r.body);
+    }
+    assert_eq!(
+        live.count(),
+        20,
+        "each request reached the live peer exactly once"
+    );
+    // Only dead peers: one retry, then a quick JSON 502.
+    let mut s = Setup::new(&jwks, &live, &live);
+    s.policies = r#"
+[[route]]
+name = "pool"
+path = "/pool/{rest..}"
+methods = ["GET"]
+upstream = "pool"
+access = "public"
+"#
+    .into();
+    s.extra_config =
+        "[upstreams.pool]\npeers = [\"127.0.0.1:1\", \"127.0.0.1:2\"]\nconnect_timeout_ms = 300\n"
+            .into();
+    let p = s.start();
+    let t = std::time::Instant::now();
+    let r = get(p.addr, "/pool/x", &[]);
+    assert_eq!(
+        (r.status, r.reason().as_str()),
+        (502, "upstream_unavailable")
+    );
+    assert!(
+        t.elapsed() < std::time::Duration::from_secs(2),
+        "{:?}",
+        t.elapsed()
+    );
+}
