@@ -59,6 +59,8 @@ pub enum Reason {
     UpstreamUnavailable,
     /// The upstream did not answer in time.
     UpstreamTimeout,
+    /// The client stopped sending its request body (`server.body_idle_timeout_seconds`).
+    ClientTimeout,
     /// The request body is over the route's limit (announced or counted).
     BodyTooLarge,
     /// The request headers are over the configured size.
@@ -103,7 +105,7 @@ pub enum Reason {
 
 impl Reason {
     /// Every reason, for documentation and exhaustive tests.
-    pub const ALL: [Reason; 44] = [
+    pub const ALL: [Reason; 45] = [
         Reason::BadPath,
         Reason::TokenMissing,
         Reason::TokenInvalid,
@@ -128,6 +130,7 @@ impl Reason {
         Reason::ClaimMismatch,
         Reason::UpstreamUnavailable,
         Reason::UpstreamTimeout,
+        Reason::ClientTimeout,
         Reason::BodyTooLarge,
         Reason::HeadersTooLarge,
         Reason::RateLimited,
@@ -176,6 +179,7 @@ impl Reason {
             Reason::ClaimMismatch => "claim_mismatch",
             Reason::UpstreamUnavailable => "upstream_unavailable",
             Reason::UpstreamTimeout => "upstream_timeout",
+            Reason::ClientTimeout => "client_timeout",
             Reason::BodyTooLarge => "body_too_large",
             Reason::HeadersTooLarge => "headers_too_large",
             Reason::RateLimited => "rate_limited",
@@ -245,6 +249,7 @@ impl Reason {
             | Reason::RateLimitUnavailable
             | Reason::ReplayCheckUnavailable => 503,
             Reason::UpstreamTimeout => 504,
+            Reason::ClientTimeout => 408,
         }
     }
 
@@ -276,6 +281,7 @@ impl Reason {
             Reason::ClaimMismatch => "your account does not meet this route's requirements",
             Reason::UpstreamUnavailable => "the service behind this route is unavailable",
             Reason::UpstreamTimeout => "the service behind this route did not answer in time",
+            Reason::ClientTimeout => "the request body stopped arriving",
             Reason::BodyTooLarge => "the request body is too large for this route",
             Reason::HeadersTooLarge => "the request headers are too large",
             Reason::RateLimited => "too many requests; retry after the time in Retry-After",

@@ -332,6 +332,13 @@ impl Checker<'_> {
         if raw.threads == 0 {
             self.err(listen_at, "server.threads", "must be at least 1");
         }
+        if raw.body_idle_timeout_seconds == 0 {
+            self.err(
+                listen_at,
+                "server.body_idle_timeout_seconds",
+                "must be at least 1 (0 would wait for a stalled client forever)",
+            );
+        }
         let mut trusted_proxies = Vec::new();
         if let Some(tp) = raw.trusted_proxies.take() {
             let at = tp.span().start;
@@ -352,6 +359,7 @@ impl Checker<'_> {
             grace_period: Duration::from_secs(raw.grace_period_seconds),
             graceful_shutdown_timeout: Duration::from_secs(raw.graceful_shutdown_timeout_seconds),
             upgrade_sock: PathBuf::from(&raw.upgrade_sock),
+            body_idle_timeout: Duration::from_secs(raw.body_idle_timeout_seconds.max(1)),
         };
         (settings, trusted_proxies)
     }

@@ -351,6 +351,14 @@ pub(super) struct RawServer {
     /// The Unix socket listening sockets are handed over on (`portier run --upgrade`).
     #[serde(default = "default_upgrade_sock")]
     pub(super) upgrade_sock: String,
+    /// A client that sends no byte of its request body (or of its next request on a kept-alive
+    /// connection) for this long is answered 408 and disconnected.
+    #[serde(default = "default_body_idle")]
+    pub(super) body_idle_timeout_seconds: u64,
+}
+
+pub(super) fn default_body_idle() -> u64 {
+    60
 }
 
 pub(super) fn default_upgrade_sock() -> String {
@@ -366,6 +374,7 @@ impl Default for RawServer {
             graceful_shutdown_timeout_seconds: default_grace(),
             trusted_proxies: None,
             upgrade_sock: default_upgrade_sock(),
+            body_idle_timeout_seconds: default_body_idle(),
         }
     }
 }

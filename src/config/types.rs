@@ -233,6 +233,8 @@ pub struct ServerSettings {
     pub grace_period: Duration,
     pub graceful_shutdown_timeout: Duration,
     pub upgrade_sock: PathBuf,
+    /// The longest wait for the next byte of a request body.
+    pub body_idle_timeout: Duration,
 }
 
 /// The checked configuration.

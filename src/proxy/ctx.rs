@@ -66,6 +66,8 @@ pub struct Ctx {
     pub(super) _in_flight: Option<InFlight>,
     /// Upstream peers this request was sent to (a failed connect is retried on another).
     pub(super) tried_peers: Vec<pingora::protocols::l4::socket::SocketAddr>,
+    /// The upstream's answer has begun (its status line arrived): no retry after this.
+    pub(super) answered: bool,
 }
 
 /// One request in [`crate::state::Gateway::in_flight`], for as long as it lives.

@@ -32,6 +32,8 @@ use pingora::protocols::l4::socket::SocketAddr as PingoraAddr;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{Error, ErrorSource, ErrorType, Result};
 
+use crate::state::upstream::{send_again, Attempt, PeerFailure};
+
 pub use ctx::Ctx;
 
 use crate::admission::client_ip;
@@ -75,6 +77,10 @@ impl ProxyHttp for Portier {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        // Each read of the body (and of the next request on this connection) waits this long.
+        session
+            .as_mut()
+            .set_read_timeout(Some(self.gw.body_idle_timeout));
         if self.side == Side::Egress {
             return self.admit_egress(session, ctx).await;
         }
@@ -169,6 +175,7 @@ impl ProxyHttp for Portier {
         resp: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
+        ctx.answered = true;
         if let Some(call) = ctx.egress.as_mut() {
             if !resp.status.is_informational() {
                 egress::map_response(resp, call)?;
@@ -299,12 +306,12 @@ impl ProxyHttp for Portier {
     /// so the request goes once more, to another peer, whatever its method.
     fn fail_to_connect(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         peer: &HttpPeer,
         ctx: &mut Ctx,
         mut e: Box<Error>,
     ) -> Box<Error> {
-        if ctx.upstream.is_some() && ctx.tried_peers.len() < 2 {
+        if ctx.upstream.is_some() && send_again(PeerFailure::NotConnected, attempt(session, ctx)) {
             log::warn!(
                 "upstream peer {} refused the connection; trying another",
                 peer._address
@@ -314,11 +321,49 @@ impl ProxyHttp for Portier {
         e
     }
 
+    /// A peer that failed after the connection was made: an app request goes once more, to
+    /// another peer, when sending it twice is harmless (see [`send_again`]); the store keeps
+    /// Pingora's rule (idempotent requests retried on a stale pooled connection only).
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<Error>,
+        ctx: &mut Ctx,
+        client_reused: bool,
+    ) -> Box<Error> {
+        let mut e = e.more_context(format!("Peer: {peer}"));
+        let a = attempt(session, ctx);
+        if ctx.upstream.is_some() {
+            let again = send_again(PeerFailure::of(e.etype()), a);
+            if again {
+                log::warn!(
+                    "upstream peer {} failed before answering ({}); trying another",
+                    peer._address,
+                    e.etype().as_str()
+                );
+            }
+            e.set_retry(again);
+        } else if !a.idempotent || !a.body_replayable {
+            e.set_retry(false);
+        } else {
+            e.retry.decide_reuse(client_reused);
+        }
+        e
+    }
+
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
         if ctx.egress.is_some() {
             use crate::egress::errors::S3Error;
             let err = match (ctx.egress_error, e.etype()) {
                 (Some(err), _) => err,
+                (None, ErrorType::ReadTimedout) if e.esource() == &ErrorSource::Downstream => {
+                    S3Error::new(
+                        "RequestTimeout",
+                        400,
+                        "Your socket connection to the server was not read from or written to within the timeout period",
+                    )
+                }
                 (
                     None,
                     ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout,
@@ -355,6 +400,10 @@ impl ProxyHttp for Portier {
             }
         }
         let reason = match e.etype() {
+            // The client stopped sending its body: its fault, not the upstream's.
+            ErrorType::ReadTimedout if e.esource() == &ErrorSource::Downstream => {
+                Some(Reason::ClientTimeout)
+            }
             ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout => {
                 Some(Reason::UpstreamTimeout)
             }
@@ -369,7 +418,7 @@ impl ProxyHttp for Portier {
         let code = match (reason, e.etype()) {
             (Some(r), _) => {
                 log::warn!("request failed: {e}");
-                if let Some(up) = &ctx.upstream {
+                if let Some(up) = ctx.upstream.as_ref().filter(|_| r != Reason::ClientTimeout) {
                     let kind = if r == Reason::UpstreamTimeout {
                         "timeout"
                     } else {
@@ -407,7 +456,10 @@ impl ProxyHttp for Portier {
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
         let route = ctx.route_def().map(|r| r.name.as_str());
         let route_label = route.unwrap_or("-");
-        let denied = ctx.reason.is_some_and(|r| r.status() < 500);
+        // A client that stopped sending was not refused by policy.
+        let denied = ctx
+            .reason
+            .is_some_and(|r| r.status() < 500 && r != Reason::ClientTimeout);
         let decision = match (denied, ctx.reason, ctx.shadow) {
             (true, _, _) => "deny",
             (false, Some(_), _) => "error",
@@ -563,5 +615,15 @@ impl Portier {
                 ))
             }
         }
+    }
+}
+
+/// The facts [`send_again`] decides on, for the request in `session`.
+fn attempt(session: &Session, ctx: &Ctx) -> Attempt {
+    Attempt {
+        idempotent: session.req_header().method.is_idempotent(),
+        body_replayable: !session.as_ref().retry_buffer_truncated(),
+        answered: ctx.answered,
+        peers_tried: ctx.tried_peers.len(),
     }
 }

@@ -304,6 +304,7 @@ impl Gateway {
             rate_failure: cfg.rate_limit.on_redis_failure,
             replay,
             in_flight: std::sync::atomic::AtomicUsize::new(0),
+            body_idle_timeout: cfg.server.body_idle_timeout,
         };
         Ok((Arc::new(gateway), health))
     }

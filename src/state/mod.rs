@@ -5,7 +5,7 @@
 
 mod build;
 mod redis;
-mod upstream;
+pub mod upstream;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -97,6 +97,8 @@ pub struct Gateway {
     pub(crate) replay: Arc<dyn ReplayStore>,
     /// Requests being handled now (a guard in each request's context): what a drain waits for.
     pub(crate) in_flight: std::sync::atomic::AtomicUsize,
+    /// `server.body_idle_timeout_seconds` (restart-only, like the rest of `[server]`).
+    pub(crate) body_idle_timeout: std::time::Duration,
 }
 
 impl Gateway {

@@ -61,3 +61,133 @@ impl Upstream {
         ))
     }
 }
+
+/// At most this many peers see one request: the first, and one more after a failure.
+pub const MAX_PEERS_PER_REQUEST: usize = 2;
+
+/// How an attempt at a peer failed, as far as sending the request again goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PeerFailure {
+    /// No connection was made (refused, not accepted in time): nothing reached the peer.
+    NotConnected,
+    /// The connection broke (closed, reset, a read or write error) before the peer answered,
+    /// as when its process dies or a pooled connection had gone stale.
+    Broken,
+    /// The peer did not answer in time: it may still be working on the request.
+    TimedOut,
+    /// Anything else: a malformed answer, TLS, an internal error.
+    Other,
+}
+
+impl PeerFailure {
+    pub fn of(etype: &pingora::ErrorType) -> PeerFailure {
+        use pingora::ErrorType as E;
+        match etype {
+            E::ConnectRefused | E::ConnectTimedout | E::ConnectNoRoute => PeerFailure::NotConnected,
+            E::ConnectionClosed | E::ReadError | E::WriteError => PeerFailure::Broken,
+            E::ReadTimedout | E::WriteTimedout => PeerFailure::TimedOut,
+            _ => PeerFailure::Other,
+        }
+    }
+}
+
+/// What the proxy knows about a failed attempt.
+#[derive(Debug, Clone, Copy)]
+pub struct Attempt {
+    /// GET, HEAD, OPTIONS, PUT, DELETE, TRACE: sending it twice does what sending it once does.
+    pub idempotent: bool,
+    /// The body read so far is still held whole (Pingora's retry buffer), so it can be sent
+    /// again from its start.
+    pub body_replayable: bool,
+    /// The peer's answer had started (its status line reached the proxy).
+    pub answered: bool,
+    /// Peers this request was already sent to, this one included.
+    pub peers_tried: usize,
+}
+
+/// Whether the request goes once more, to another peer. A request that never reached a peer
+/// goes again whatever its method; one that broke on the way only when sending it twice is
+/// harmless (idempotent, body still held, no answer begun), which is nginx's default for
+/// `proxy_next_upstream error`. A timeout is not retried: the peer may still be working on
+/// it, and a second wait would double the route's timeout.
+pub fn send_again(failure: PeerFailure, attempt: Attempt) -> bool {
+    if attempt.peers_tried >= MAX_PEERS_PER_REQUEST {
+        return false;
+    }
+    match failure {
+        PeerFailure::NotConnected => true,
+        PeerFailure::Broken => attempt.idempotent && attempt.body_replayable && !attempt.answered,
+        PeerFailure::TimedOut | PeerFailure::Other => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FRESH: Attempt = Attempt {
+        idempotent: true,
+        body_replayable: true,
+        answered: false,
+        peers_tried: 1,
+    };
+
+    #[test]
+    fn a_request_that_reached_no_peer_goes_again_whatever_its_method() {
+        let post = Attempt {
+            idempotent: false,
+            ..FRESH
+        };
+        assert!(send_again(PeerFailure::NotConnected, post));
+        assert!(send_again(PeerFailure::NotConnected, FRESH));
+    }
+
+    #[test]
+    fn a_broken_connection_is_retried_only_when_sending_twice_is_harmless() {
+        assert!(send_again(PeerFailure::Broken, FRESH));
+        for refused in [
+            Attempt {
+                idempotent: false,
+                ..FRESH
+            },
+            Attempt {
+                body_replayable: false,
+                ..FRESH
+            },
+            Attempt {
+                answered: true,
+                ..FRESH
+            },
+        ] {
+            assert!(!send_again(PeerFailure::Broken, refused), "{refused:?}");
+        }
+    }
+
+    #[test]
+    fn timeouts_and_other_failures_are_answered_not_retried() {
+        assert!(!send_again(PeerFailure::TimedOut, FRESH));
+        assert!(!send_again(PeerFailure::Other, FRESH));
+    }
+
+    #[test]
+    fn no_request_sees_more_than_two_peers() {
+        let second = Attempt {
+            peers_tried: MAX_PEERS_PER_REQUEST,
+            ..FRESH
+        };
+        assert!(!send_again(PeerFailure::NotConnected, second));
+        assert!(!send_again(PeerFailure::Broken, second));
+    }
+
+    #[test]
+    fn pingora_errors_are_classified() {
+        use pingora::ErrorType as E;
+        assert_eq!(
+            PeerFailure::of(&E::ConnectRefused),
+            PeerFailure::NotConnected
+        );
+        assert_eq!(PeerFailure::of(&E::ConnectionClosed), PeerFailure::Broken);
+        assert_eq!(PeerFailure::of(&E::ReadTimedout), PeerFailure::TimedOut);
+        assert_eq!(PeerFailure::of(&E::InvalidHTTPHeader), PeerFailure::Other);
+    }
+}

@@ -965,3 +965,128 @@ pub fn webhook_signature(secret: &str, id: &str, ts: i64, body: &[u8]) -> String
     msg.extend_from_slice(body);
     format!("v1,{}", STANDARD.encode(aws_lc_rs::hmac::sign(&key, &msg)))
 }
+
+/// An upstream that can die and come back on the same address, as a peer's process does: on
+/// `kill` its listener closes (new connections are refused) and every open connection is
+/// closed, requests being answered included. Each request is answered `200 ok` after `delay`.
+pub struct MortalUpstream {
+    pub addr: SocketAddr,
+    delay: Duration,
+    served: Arc<AtomicUsize>,
+    life: Mutex<Option<Life>>,
+}
+
+struct Life {
+    dead: Arc<AtomicBool>,
+    conns: Arc<Mutex<Vec<TcpStream>>>,
+}
+
+impl MortalUpstream {
+    pub fn start(delay: Duration) -> MortalUpstream {
+        let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = l.local_addr().expect("addr");
+        let u = MortalUpstream {
+            addr,
+            delay,
+            served: Arc::new(AtomicUsize::new(0)),
+            life: Mutex::new(None),
+        };
+        u.live(l);
+        u
+    }
+
+    /// Requests answered so far.
+    pub fn served(&self) -> usize {
+        self.served.load(Ordering::SeqCst)
+    }
+
+    pub fn kill(&self) {
+        let Some(life) = self.life.lock().expect("life").take() else {
+            return;
+        };
+        life.dead.store(true, Ordering::SeqCst);
+        // Wake the accept loop so it drops the listener.
+        let _ = TcpStream::connect(self.addr);
+        for c in life.conns.lock().expect("conns").drain(..) {
+            let _ = c.shutdown(std::net::Shutdown::Both);
+        }
+        // Until the listener is gone, a connect would still be accepted.
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while TcpStream::connect(self.addr).is_ok() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Listen again on the same address.
+    pub fn revive(&self) {
+        let l = TcpListener::bind(self.addr).expect("rebind the same address");
+        self.live(l);
+    }
+
+    fn live(&self, l: TcpListener) {
+        let dead = Arc::new(AtomicBool::new(false));
+        let conns = Arc::new(Mutex::new(Vec::<TcpStream>::new()));
+        *self.life.lock().expect("life") = Some(Life {
+            dead: dead.clone(),
+            conns: conns.clone(),
+        });
+        let (served, delay) = (self.served.clone(), self.delay);
+        std::thread::spawn(move || {
+            for s in l.incoming() {
+                if dead.load(Ordering::SeqCst) {
+                    return;
+                }
+                let Ok(s) = s else { continue };
+                if let Ok(c) = s.try_clone() {
+                    conns.lock().expect("conns").push(c);
+                }
+                let (served, dead) = (served.clone(), dead.clone());
+                std::thread::spawn(move || answer_until_closed(s, delay, &served, &dead));
+            }
+        });
+    }
+}
+
+fn answer_until_closed(s: TcpStream, delay: Duration, served: &AtomicUsize, dead: &AtomicBool) {
+    use std::io::BufRead;
+    let mut w = match s.try_clone() {
+        Ok(w) => w,
+        Err(_) => return,
+    };
+    let mut r = std::io::BufReader::new(s);
+    loop {
+        let mut len = 0usize;
+        let mut line = String::new();
+        let mut first = true;
+        loop {
+            line.clear();
+            match r.read_line(&mut line) {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+            if line == "\r\n" && !first {
+                break;
+            }
+            first = false;
+            if let Some((k, v)) = line.split_once(':') {
+                if k.eq_ignore_ascii_case("content-length") {
+                    len = v.trim().parse().unwrap_or(0);
+                }
+            }
+        }
+        let mut body = vec![0; len];
+        if r.read_exact(&mut body).is_err() {
+            return;
+        }
+        std::thread::sleep(delay);
+        if dead.load(Ordering::SeqCst) {
+            return;
+        }
+        if w.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+            .is_err()
+        {
+            return;
+        }
+        served.fetch_add(1, Ordering::SeqCst);
+    }
+}

@@ -66,7 +66,18 @@ struct Load {
     /// (RFC 9112 9.3.1); counted, not failed.
     retried: u64,
     worst: Duration,
+    latencies: Vec<Duration>,
     errors: Vec<String>,
+}
+
+impl Load {
+    fn p99(&self) -> Duration {
+        let mut l = self.latencies.clone();
+        l.sort();
+        l.get(l.len().saturating_sub(1) * 99 / 100)
+            .copied()
+            .unwrap_or_default()
+    }
 }
 
 /// Keep-alive connections (20 requests each) and fresh connections, alternating, until
@@ -113,6 +124,7 @@ fn load(addr: SocketAddr, path: &str, stop: Arc<AtomicBool>, max: u64) -> Load {
                 });
             }
             out.worst = out.worst.max(t.elapsed());
+            out.latencies.push(t.elapsed());
             match result {
                 Ok((200, close)) => {
                     if close {
@@ -180,6 +192,7 @@ fn sigterm_drains_requests_in_flight_then_exits() {
     );
     let status = p.wait_exit(Duration::from_secs(10)).expect("exited");
     let took = t.elapsed();
+    eprintln!("SIGTERM with a 1.5 s request in flight: answered, exited after {took:?}");
     assert!(status.success(), "{status:?}");
     assert!(
         took < Duration::from_secs(5),
@@ -220,11 +233,16 @@ fn an_upgrade_under_load_fails_no_request() {
         total.failed += l.failed;
         total.retried += l.retried;
         total.worst = total.worst.max(l.worst);
+        total.latencies.extend(l.latencies);
         total.errors.extend(l.errors);
     }
     eprintln!(
-        "upgrade under load: {} requests, {} failed, {} resent on a fresh connection, slowest {:?}",
-        total.sent, total.failed, total.retried, total.worst
+        "upgrade under load: {} requests, {} failed, {} resent on a fresh connection, p99 {:?}, slowest {:?}",
+        total.sent,
+        total.failed,
+        total.retried,
+        total.p99(),
+        total.worst
     );
     assert!(total.sent > 200, "{total:?}");
     assert_eq!(total.failed, 0, "{:?}", total.errors);

@@ -360,3 +360,223 @@ access = "public"
         t.elapsed()
     );
 }
+
+const POOL_ROUTE: &str = r#"
+[[route]]
+name = "pool"
+path = "/pool/{rest..}"
+methods = ["GET", "POST"]
+upstream = "pool"
+access = "public"
+"#;
+
+/// A Portier in front of a two-peer pool, with the servers it needs kept alive.
+struct PortierUnderTest {
+    p: Portier,
+    _jwks: JwksServer,
+    _app: Upstream,
+}
+
+fn pool(a: &MortalUpstream, b: &MortalUpstream, health: bool) -> PortierUnderTest {
+    let jwks = JwksServer::start(vec![issuer().jwk()]);
+    let app = Upstream::start();
+    let mut s = Setup::new(&jwks, &app, &app);
+    s.policies = POOL_ROUTE.into();
+    s.extra_config = format!(
+        "[upstreams.pool]\npeers = [\"{}\", \"{}\"]\nconnect_timeout_ms = 300\nread_timeout_ms = 5000\n",
+        a.addr, b.addr
+    );
+    if health {
+        s.extra_config
+            .push_str("[upstreams.pool.health_check]\nkind = \"tcp\"\ninterval_seconds = 1\n");
+    }
+    PortierUnderTest {
+        p: s.start(),
+        _jwks: jwks,
+        _app: app,
+    }
+}
+
+/// Sends requests until one is in flight at `slow` (the other peer answers at once), kills
+/// `slow` while it holds the request, and returns the answer and how long after the kill it
+/// came.
+fn in_flight_when_killed(
+    addr: std::net::SocketAddr,
+    method: &'static str,
+    slow: &MortalUpstream,
+) -> (Resp, std::time::Duration) {
+    for _ in 0..4 {
+        let h = std::thread::spawn(move || send_body(addr, method, "/pool/job", &[], b"{}", false));
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        if h.is_finished() {
+            let _ = h.join();
+            continue;
+        }
+        let t = std::time::Instant::now();
+        slow.kill();
+        let r = h.join().expect("client");
+        return (r, t.elapsed());
+    }
+    panic!("no request went to the slow peer");
+}
+
+/// A peer dies while it holds a request: a GET is sent again to the other peer and
+/// answered 200; a POST is not sent twice but answered 502 at once, not at the read timeout.
+#[test]
+fn a_request_in_flight_when_its_peer_dies_is_retried_only_if_idempotent() {
+    let slow = MortalUpstream::start(std::time::Duration::from_secs(2));
+    let fast = MortalUpstream::start(std::time::Duration::ZERO);
+    let put = pool(&slow, &fast, false);
+    let before = fast.served();
+    let (r, took) = in_flight_when_killed(put.p.addr, "GET", &slow);
+    assert_eq!((r.status, r.body.as_str()), (200, "ok"), "{}", r.body);
+    assert!(fast.served() > before, "answered by the other peer");
+
+    slow.revive();
+    let before = fast.served();
+    let (r, took_post) = in_flight_when_killed(put.p.addr, "POST", &slow);
+    assert_eq!(
+        (r.status, r.reason().as_str()),
+        (502, "upstream_unavailable"),
+        "{}",
+        r.body
+    );
+    // The request that went first to the fast peer (round robin) is the only one it saw.
+    assert!(
+        fast.served() <= before + 1,
+        "the POST was not sent to the other peer"
+    );
+    assert!(
+        took < std::time::Duration::from_secs(1) && took_post < std::time::Duration::from_secs(1),
+        "answered when the peer died, not at the 5 s read timeout: {took:?} {took_post:?}"
+    );
+}
+
+/// Load on two peers, one killed in the middle: no GET fails (requests in flight on it and
+/// on its pooled connections go once more to the other), the health check takes it out,
+/// and brings it back once it listens again.
+#[test]
+fn a_peer_killed_mid_load_fails_no_get_and_comes_back_when_healthy() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+    let a = MortalUpstream::start(std::time::Duration::from_millis(20));
+    let b = MortalUpstream::start(std::time::Duration::from_millis(20));
+    let put = pool(&a, &b, true);
+    let addr = put.p.addr;
+    let stop = Arc::new(AtomicBool::new(false));
+    let statuses = Arc::new(Mutex::new(Vec::new()));
+    let loops: Vec<_> = (0..3)
+        .map(|i| {
+            let (stop, statuses) = (stop.clone(), statuses.clone());
+            std::thread::spawn(move || {
+                let mut n = 0;
+                while !stop.load(Ordering::SeqCst) && n < 2_000 {
+                    let r = get(addr, &format!("/pool/{i}-{n}"), &[]);
+                    statuses.lock().expect("statuses").push((r.status, r.body));
+                    n += 1;
+                }
+            })
+        })
+        .collect();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let served_before_kill = a.served();
+    a.kill();
+    std::thread::sleep(std::time::Duration::from_millis(2_000));
+    stop.store(true, Ordering::SeqCst);
+    for l in loops {
+        l.join().expect("load loop");
+    }
+    let statuses = statuses.lock().expect("statuses");
+    let failed: Vec<_> = statuses.iter().filter(|(s, _)| *s != 200).collect();
+    eprintln!(
+        "peer killed mid-load: {} GETs, {} failed; dead peer had served {served_before_kill}",
+        statuses.len(),
+        failed.len()
+    );
+    assert!(failed.is_empty(), "{failed:?}");
+    assert!(
+        served_before_kill > 0,
+        "both peers took load before the kill"
+    );
+    assert_eq!(
+        a.served(),
+        served_before_kill,
+        "nothing reached the dead peer"
+    );
+
+    a.revive();
+    // The health check runs each second; give it two rounds to see the peer listen again.
+    std::thread::sleep(std::time::Duration::from_millis(2_500));
+    for i in 0..10 {
+        assert_eq!(get(addr, &format!("/pool/back-{i}"), &[]).status, 200);
+    }
+    assert!(
+        a.served() > served_before_kill,
+        "the revived peer is back in rotation"
+    );
+}
+
+/// A client that stops sending its body is answered 408 `client_timeout` after
+/// `server.body_idle_timeout_seconds` and disconnected, not reported as the upstream's
+/// fault; the upstream never sees a complete body; other clients are served meanwhile.
+#[test]
+fn a_client_that_stops_sending_its_body_is_cut_with_408() {
+    use std::io::{Read, Write};
+    let up = BodyUpstream::start();
+    let jwks = JwksServer::start(vec![issuer().jwk()]);
+    let other = Upstream::start();
+    let mut s = Setup::new(&jwks, &other, &other);
+    s.next = up.addr;
+    s.server_extra = "body_idle_timeout_seconds = 1".into();
+    s.policies = r#"
+[[route]]
+name = "uploads"
+path = "/in/{rest..}"
+methods = ["POST", "GET"]
+upstream = "next"
+access = "public"
+"#
+    .into();
+    let p = s.start();
+    let mut c = std::net::TcpStream::connect(p.addr).expect("connect");
+    c.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .expect("timeout");
+    c.write_all(
+        b"POST /in/stalled HTTP/1.1\r\nHost: portier.test\r\nContent-Length: 100\r\n\r\n0123456789",
+    )
+    .expect("send");
+    let t = std::time::Instant::now();
+    for i in 0..5 {
+        let r = send_body(p.addr, "POST", &format!("/in/ok-{i}"), &[], b"whole", false);
+        assert_eq!(r.status, 200, "another client is served: {}", r.body);
+    }
+    let mut buf = Vec::new();
+    let _ = c.read_to_end(&mut buf);
+    let took = t.elapsed();
+    let r = parse(&buf);
+    assert_eq!(
+        (r.status, r.reason().as_str()),
+        (408, "client_timeout"),
+        "{}",
+        r.body
+    );
+    assert!(
+        took >= std::time::Duration::from_millis(900) && took < std::time::Duration::from_secs(5),
+        "cut after the 1 s body idle timeout: {took:?}"
+    );
+    assert!(
+        up.requests()
+            .iter()
+            .all(|s| s.path != "/in/stalled" || !s.complete),
+        "the upstream never got a complete body"
+    );
+    assert_eq!(
+        p.gateway
+            .metrics
+            .requests
+            .with_label_values(&["uploads", "error", "client_timeout"])
+            .get(),
+        1,
+        "counted as an error, not a policy denial"
+    );
+}
