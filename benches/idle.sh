@@ -4,6 +4,9 @@
 # Builds the release binaries, starts an upstream (examples/fast_upstream), a passthrough and
 # `portier run` (1 thread each, on 127.0.0.1), and runs benches/idle_conns.py against each:
 # RSS at start, with N idle connections, after one request each, after they all closed.
+# Then (SLOW seconds, default 75; SLOW=0 skips) slow clients against the same Portier
+# (benches/slowloris.py): a stalled request head, a head trickled a byte every 5 s, and
+# whether other clients are served meanwhile.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${1:-10000}
@@ -50,3 +53,14 @@ sleep 1
 echo "## idle connections: $N, $(date -u +%FT%RZ)"
 echo "passthrough: $(python3 benches/idle_conns.py "$PASS_PID" "127.0.0.1:$PASS" "$N" /x | tr '\n' ' ')"
 echo "portier:     $(python3 benches/idle_conns.py "$PORTIER_PID" "127.0.0.1:$PORTIER" "$N" /x | tr '\n' ' ')"
+# mimalloc keeps freed pages for reuse; with no purge delay it returns them at once.
+kill "$PORTIER_PID"; wait "$PORTIER_PID" 2>/dev/null || true
+MIMALLOC_PURGE_DELAY=0 RUST_LOG=error "$B/portier" run -c "$OUT/config.toml" >/dev/null 2>&1 & pids+=($!)
+PORTIER_PID=$!
+sleep 1
+echo "portier, MIMALLOC_PURGE_DELAY=0: $(python3 benches/idle_conns.py "$PORTIER_PID" "127.0.0.1:$PORTIER" "$N" /x | tr '\n' ' ')"
+
+SLOW=${SLOW:-75}
+if [ "$SLOW" -gt 0 ]; then
+  echo "slow clients ($SLOW s): $(python3 benches/slowloris.py "127.0.0.1:$PORTIER" /x "$SLOW")"
+fi
