@@ -32,6 +32,10 @@ const ALWAYS_STRIPPED: &[&str] = &[
     "x-nextjs-redirect",
     "x-prerender-revalidate",
     "x-prerender-revalidate-if-generated",
+    // Tag revalidation between Next.js's own processes (gated by a token there, but no
+    // browser sends them).
+    "x-next-revalidated-tags",
+    "x-next-revalidate-tag-token",
     // Set by Portier itself from what it saw; a client's value is never passed on.
     "x-real-ip",
     "forwarded",

@@ -234,6 +234,9 @@ fn check(config: &Path, format: Format, deny_warnings: bool) -> ExitCode {
     findings.extend(portier::config::lint::redundant_egress_rules(
         &cfg, config, &src,
     ));
+    findings.extend(portier::config::lint::unknown_cookie_suffix(
+        &cfg, config, &src,
+    ));
     findings.extend(portier::config::lint::unset_secrets(
         &cfg,
         config,

@@ -77,21 +77,41 @@ pub fn needs_authentication(route: &Route, headers: &HeaderMap) -> bool {
 }
 
 /// The client address: the peer, or, when the peer is a trusted proxy, the right-most
-/// `X-Forwarded-For` entry that is not itself a trusted proxy.
-pub fn client_ip(peer: Option<IpAddr>, xff: Option<&str>, trusted: &[Cidr]) -> Option<IpAddr> {
-    let peer = peer?;
-    if !trusted.iter().any(|c| c.contains(peer)) {
+/// `X-Forwarded-For` entry that is not itself a trusted proxy. Every `X-Forwarded-For` line
+/// counts, in order (a proxy may add its own line rather than extend the client's), and
+/// entries are read as bytes: a line that is not UTF-8 cannot hide the hops after it.
+/// IPv4 clients of a dual-stack listener (`::ffff:a.b.c.d`) are their IPv4 address.
+pub fn client_ip<'a, I>(peer: Option<IpAddr>, xff: I, trusted: &[Cidr]) -> Option<IpAddr>
+where
+    I: IntoIterator<Item = &'a [u8]>,
+    I::IntoIter: DoubleEndedIterator,
+{
+    let peer = peer?.to_canonical();
+    let is_trusted = |ip: IpAddr| trusted.iter().any(|c| c.contains(ip));
+    if !is_trusted(peer) {
         return Some(peer);
     }
     let mut last = peer;
-    for hop in xff.unwrap_or("").rsplit(',') {
-        match hop.trim().parse::<IpAddr>() {
-            Ok(ip) if trusted.iter().any(|c| c.contains(ip)) => last = ip,
-            Ok(ip) => return Some(ip),
-            Err(_) => return Some(last),
+    for line in xff.into_iter().rev() {
+        for hop in line.rsplit(|&b| b == b',') {
+            let parsed = std::str::from_utf8(hop.trim_ascii())
+                .ok()
+                .and_then(|h| h.parse::<IpAddr>().ok())
+                .map(|ip| ip.to_canonical());
+            match parsed {
+                Some(ip) if is_trusted(ip) => last = ip,
+                Some(ip) => return Some(ip),
+                None => return Some(last),
+            }
         }
     }
     Some(last)
+}
+
+/// The TCP peer's address, IPv4-mapped addresses as IPv4.
+pub fn peer_ip(addr: Option<&pingora::protocols::l4::socket::SocketAddr>) -> Option<IpAddr> {
+    addr.and_then(|a| a.as_inet())
+        .map(|a| a.ip().to_canonical())
 }
 
 /// The rate-limit counter a request counts against: on signed-in routes the verified user;
@@ -115,6 +135,17 @@ pub fn rate_key(route: &Route, identity: Option<&Identity>, client: Option<IpAdd
 /// A protocol upgrade request (WebSocket, h2c): after a 101 the connection is a tunnel.
 pub fn is_upgrade(headers: &HeaderMap) -> bool {
     headers.contains_key(http::header::UPGRADE)
+}
+
+/// Whether an upgrade is one a `websocket = true` route accepts: exactly one `Upgrade:
+/// websocket`. Anything else (h2c, several protocols) would open a tunnel of a kind the route
+/// never asked for.
+pub fn is_websocket_upgrade(headers: &HeaderMap) -> bool {
+    let mut values = headers.get_all(http::header::UPGRADE).iter();
+    matches!(
+        (values.next(), values.next()),
+        (Some(v), None) if v.as_bytes().trim_ascii().eq_ignore_ascii_case(b"websocket")
+    )
 }
 
 /// Bytes of the request head as Portier counts them for `limits.max_header_bytes`.
@@ -155,34 +186,81 @@ mod tests {
         s.parse().expect("ip")
     }
 
+    fn cip(peer: &str, xff: &[&str], trusted: &[Cidr]) -> Option<IpAddr> {
+        client_ip(Some(ip(peer)), xff.iter().map(|l| l.as_bytes()), trusted)
+    }
+
+    #[test]
+    fn every_forwarded_for_line_counts_and_mapped_addresses_are_ipv4() {
+        let lb = [Cidr::parse("10.0.0.0/8").expect("cidr")];
+        // HAProxy adds its own line: the client's forged first line does not win.
+        assert_eq!(
+            cip("10.0.0.2", &["6.6.6.6", "203.0.113.9"], &lb),
+            Some(ip("203.0.113.9"))
+        );
+        // A line that is not UTF-8 before the proxy's line does not hide it.
+        assert_eq!(
+            client_ip(
+                Some(ip("10.0.0.2")),
+                [b"caf\xe9".as_slice(), b"203.0.113.9".as_slice()],
+                &lb
+            ),
+            Some(ip("203.0.113.9"))
+        );
+        // A dual-stack listener sees IPv4 peers as ::ffff:a.b.c.d.
+        assert_eq!(
+            cip("::ffff:10.0.0.2", &["203.0.113.9"], &lb),
+            Some(ip("203.0.113.9"))
+        );
+        assert_eq!(cip("::ffff:203.0.113.5", &[], &lb), Some(ip("203.0.113.5")));
+        assert_eq!(
+            cip("10.0.0.2", &["::ffff:198.51.100.7"], &lb),
+            Some(ip("198.51.100.7"))
+        );
+    }
+
+    #[test]
+    fn only_a_websocket_upgrade_is_a_websocket_upgrade() {
+        let with = |vals: &[&str]| {
+            let mut h = HeaderMap::new();
+            for v in vals {
+                h.append(http::header::UPGRADE, v.parse().expect("value"));
+            }
+            is_websocket_upgrade(&h)
+        };
+        assert!(with(&["websocket"]));
+        assert!(with(&["WebSocket"]));
+        assert!(!with(&["h2c"]));
+        assert!(!with(&["websocket, h2c"]));
+        assert!(!with(&["websocket", "h2c"]));
+        assert!(!with(&[]));
+    }
+
     #[test]
     fn forwarded_for_is_believed_only_through_trusted_proxies() {
         let lb = [Cidr::parse("10.0.0.0/8").expect("cidr")];
         // An untrusted peer's X-Forwarded-For is ignored: it could name anyone.
         assert_eq!(
-            client_ip(Some(ip("203.0.113.5")), Some("198.51.100.7"), &lb),
+            cip("203.0.113.5", &["198.51.100.7"], &lb),
             Some(ip("203.0.113.5"))
         );
         assert_eq!(
-            client_ip(Some(ip("203.0.113.5")), Some("198.51.100.7"), &[]),
+            cip("203.0.113.5", &["198.51.100.7"], &[]),
             Some(ip("203.0.113.5"))
         );
         // Through the load balancer: the right-most hop that is not a trusted proxy.
         assert_eq!(
-            client_ip(Some(ip("10.0.0.2")), Some("198.51.100.7, 10.0.0.9"), &lb),
+            cip("10.0.0.2", &["198.51.100.7, 10.0.0.9"], &lb),
             Some(ip("198.51.100.7"))
         );
         // A client-forged left-most entry does not win over the hop the proxy appended.
         assert_eq!(
-            client_ip(Some(ip("10.0.0.2")), Some("1.2.3.4, 198.51.100.7"), &lb),
+            cip("10.0.0.2", &["1.2.3.4, 198.51.100.7"], &lb),
             Some(ip("198.51.100.7"))
         );
         // Garbage stops the walk at the last trusted hop.
-        assert_eq!(
-            client_ip(Some(ip("10.0.0.2")), Some("nonsense"), &lb),
-            Some(ip("10.0.0.2"))
-        );
-        assert_eq!(client_ip(None, Some("1.2.3.4"), &lb), None);
+        assert_eq!(cip("10.0.0.2", &["nonsense"], &lb), Some(ip("10.0.0.2")));
+        assert_eq!(client_ip(None, [b"1.2.3.4".as_slice()], &lb), None);
     }
 
     fn route(src: &str) -> crate::policy::PolicySet {

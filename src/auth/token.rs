@@ -7,7 +7,10 @@
 //!   `__session` only when the suffixed one is absent;
 //! - without it, only plain `__session` is read: a suffixed cookie could belong to any Clerk
 //!   app on the domain, and preferring it let a cookie tossed from a sibling subdomain make a
-//!   victim act as the attacker;
+//!   victim act as the attacker. But Clerk's SDK behind Portier (Next.js, with
+//!   `credentials = "forward"`) does read its suffixed cookie first, so a `__session_*` cookie
+//!   whose value differs from the plain one is a conflict: Portier and the app would
+//!   otherwise decide about two different users;
 //! - the chosen name present twice with different values (a cookie set for a parent domain
 //!   next to the app's own) is refused as a conflict rather than resolved by order.
 //!
@@ -66,6 +69,7 @@ pub fn extract_token<'a>(
     let suffixed = cookie_suffix.map(|s| format!("__session_{s}"));
     let mut plain: Option<&'a [u8]> = None;
     let mut own: Option<&'a [u8]> = None;
+    let mut any_suffixed: Option<&'a [u8]> = None;
     for header in cookie_headers {
         for (name, value) in cookie_pairs(header) {
             let value = unquote(value);
@@ -74,8 +78,16 @@ pub fn extract_token<'a>(
             }
             let slot = if name == b"__session" {
                 &mut plain
-            } else if suffixed.as_deref().is_some_and(|s| name == s.as_bytes()) {
+            } else if let Some(s) = suffixed.as_deref() {
+                if name != s.as_bytes() {
+                    // Another app's cookie: Clerk reads its own name, so does Portier.
+                    continue;
+                }
                 &mut own
+            } else if name.starts_with(b"__session_") {
+                // Suffix unknown: which suffixed cookie the app's SDK reads cannot be told,
+                // so every one of them must agree with the plain cookie.
+                &mut any_suffixed
             } else {
                 continue;
             };
@@ -83,6 +95,11 @@ pub fn extract_token<'a>(
                 Some(prev) if *prev != value => return Err(CookieConflict),
                 _ => *slot = Some(value),
             }
+        }
+    }
+    if let (Some(p), Some(s)) = (plain, any_suffixed) {
+        if p != s {
+            return Err(CookieConflict);
         }
     }
     let Some(chosen) = own.or(plain) else {
@@ -160,10 +177,10 @@ mod tests {
             Some(("tok", TokenSource::Cookie))
         );
         // Without a configured suffix a suffixed cookie is not a session: it may be another
-        // app's, or tossed from a sibling subdomain.
+        // app's, or tossed from a sibling subdomain. Clerk writes both names with one value.
         assert_eq!(
-            ex(None, &["__session=plain", "__session_AbCd12_-=suffixed"]),
-            Some(("plain", TokenSource::Cookie))
+            ex(None, &["__session=same", "__session_AbCd12_-=same"]),
+            Some(("same", TokenSource::Cookie))
         );
         assert_eq!(ex(None, &["__session_AbCd12_-=suffixed"]), None);
         // Wrong names are not session cookies.
@@ -216,6 +233,29 @@ mod tests {
             None,
         );
         assert_eq!(got, Ok(Some(("same", TokenSource::Cookie))));
+    }
+
+    #[test]
+    fn without_a_known_suffix_a_differing_suffixed_cookie_is_a_conflict() {
+        // The app's SDK reads its suffixed cookie first: a tossed `__session_<sfx>` next to
+        // the victim's `__session` would make Portier and the app see two users.
+        for cookies in [
+            &[b"__session_AbCd12_-=attacker; __session=victim".as_slice()][..],
+            &[
+                b"__session=victim".as_slice(),
+                b"__session_zzzzzzzz=attacker".as_slice(),
+            ][..],
+        ] {
+            let got = extract_token(None, cookies.iter().copied(), None);
+            assert_eq!(got, Err(CookieConflict));
+        }
+        // With the suffix known, other apps' suffixed cookies are theirs, not a conflict.
+        let got = extract_token(
+            None,
+            [b"__session_zzzzzzzz=other; __session=mine".as_slice()].into_iter(),
+            Some("BBBBBBBB"),
+        );
+        assert_eq!(got, Ok(Some(("mine", TokenSource::Cookie))));
     }
 
     #[test]

@@ -98,6 +98,39 @@ pub fn redundant_egress_rules(cfg: &Config, file: &Path, src: &str) -> Diagnosti
 }
 
 /// The first line that names `env` as a quoted string, or 1.
+/// A warning when an upstream receives Clerk's cookies (`credentials = "forward"`, as Next.js
+/// needs) but this instance's cookie suffix is unknown: Clerk's SDK there reads
+/// `__session_<suffix>` first, and Portier can then only refuse requests whose suffixed and
+/// plain cookies differ (`session_cookie_conflict`) instead of reading the same cookie.
+pub fn unknown_cookie_suffix(cfg: &Config, file: &Path, src: &str) -> Diagnostics {
+    let mut out = Diagnostics::default();
+    if cfg.verifier.cookie_suffix.is_some() {
+        return out;
+    }
+    for (name, up) in &cfg.upstreams {
+        if up.credentials != crate::config::Credentials::Forward {
+            continue;
+        }
+        let header = format!("[upstreams.{name}]");
+        let line = src
+            .lines()
+            .position(|l| l.trim() == header)
+            .map_or(1, |i| i + 1);
+        out.push(
+            Diagnostic::line(
+                file,
+                line,
+                format!("upstreams.{name}.credentials"),
+                "Clerk's cookies go to this upstream but clerk.publishable_key is not set: \
+                 set it so Portier reads the same __session_<suffix> cookie as Clerk's SDK",
+            )
+            .warning()
+            .code("cookie_suffix_unknown"),
+        );
+    }
+    out
+}
+
 fn line_naming(src: &str, env: &str) -> usize {
     let quoted = format!("\"{env}\"");
     src.lines()
@@ -108,6 +141,43 @@ fn line_naming(src: &str, env: &str) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn forwarding_clerk_cookies_without_a_known_suffix_is_a_warning() {
+        let base = r#"
+[clerk]
+issuer = "https://clerk.example.com"
+__PK__
+[clerk.jwks]
+url = "https://clerk.example.com/.well-known/jwks.json"
+
+[upstreams.flask]
+peers = ["127.0.0.1:5000"]
+
+[upstreams.nextjs]
+peers = ["127.0.0.1:3000"]
+credentials = "forward"
+"#;
+        let file = Path::new("config.toml");
+        let src = base.replace("__PK__", "");
+        let cfg = Config::parse(file, &src).expect("config");
+        let d = unknown_cookie_suffix(&cfg, file, &src);
+        let got: Vec<(usize, &str, &str)> =
+            d.0.iter()
+                .map(|d| (d.line, d.key.as_str(), d.code))
+                .collect();
+        assert_eq!(
+            got,
+            vec![(11, "upstreams.nextjs.credentials", "cookie_suffix_unknown")]
+        );
+        assert_eq!(d.errors(), 0);
+        let src = base.replace(
+            "__PK__",
+            "publishable_key = \"pk_live_Y2xlcmsuZXhhbXBsZS5jb20k\"",
+        );
+        let cfg = Config::parse(file, &src).expect("config");
+        assert_eq!(unknown_cookie_suffix(&cfg, file, &src).warnings(), 0);
+    }
 
     #[test]
     fn unset_secret_envs_are_warnings_on_the_line_that_names_them() {

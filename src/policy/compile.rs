@@ -784,6 +784,15 @@ impl Compiler<'_> {
                 Some(RouteKind::Webhook { webhook })
             }
             (access, None) => {
+                if let (true, Some((at, Mode::Shadow))) = (k.owner, k.mode) {
+                    // A dry run of ownership lets anyone reach another user's resources.
+                    self.err(
+                        diags,
+                        at,
+                        "route.mode",
+                        "a route with owner is always enforced (use [route.shadow] to watch extra requirements)",
+                    );
+                }
                 if let (RawAccess::Public, Some(at)) = (access, k.has_requirements) {
                     self.err(
                         diags,
@@ -938,6 +947,16 @@ impl Compiler<'_> {
                 p.span().start,
                 "route.presign_for",
                 "only used with s3 = \"presign\"",
+            );
+        }
+        if !k.owner {
+            // Left out, every signed-in caller would reach every user's objects (and the file
+            // API routes that defer to this one would too).
+            self.err(
+                diags,
+                k.name_at,
+                "route.owner",
+                "an s3 object route must own its keys: write owner = \"key\" (the key must start with the caller's user id)",
             );
         }
         let mut kinds = BTreeMap::new();

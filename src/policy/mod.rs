@@ -72,10 +72,19 @@ pub enum PolicySource<'a> {
 impl PolicySet {
     /// Compiles the policies of `source` against the names `cfg` declares.
     pub fn load_for(cfg: &Config, source: PolicySource<'_>) -> Result<PolicySet, Diagnostics> {
-        let ups = cfg.upstream_names();
+        Self::load_with(cfg, source, &cfg.upstream_names())
+    }
+
+    /// Compiles the policies of `source` against `upstreams` (the running ones, on a reload)
+    /// and the webhooks `cfg` declares.
+    pub fn load_with(
+        cfg: &Config,
+        source: PolicySource<'_>,
+        upstreams: &[&str],
+    ) -> Result<PolicySet, Diagnostics> {
         let hooks = cfg.webhook_names();
         let known = Known {
-            upstreams: &ups,
+            upstreams,
             webhooks: &hooks,
             declared: None,
         };
@@ -88,18 +97,6 @@ impl PolicySet {
     /// The policies directory `cfg` names.
     pub fn load_config_dir(cfg: &Config) -> Result<PolicySet, Diagnostics> {
         Self::load_for(cfg, PolicySource::Dir(&cfg.policies_dir))
-    }
-
-    /// Loads and compiles every `*.toml` in `dir`. `upstreams` are the names declared in the
-    /// config; a route naming another is an error. All problems are reported at once.
-    pub fn load_dir(dir: &Path, upstreams: &[&str]) -> Result<PolicySet, Diagnostics> {
-        Self::load_dir_with(
-            dir,
-            Known {
-                upstreams,
-                ..Known::default()
-            },
-        )
     }
 
     pub fn load_dir_with(dir: &Path, known: Known<'_>) -> Result<PolicySet, Diagnostics> {

@@ -533,9 +533,32 @@ upstream = "app"
 access = "webhook"
 webhook = "w"
 mode = "shadow"
+
+[[route]]
+name = "everyones-bucket"
+path = "/all/{key..}"
+methods = ["GET"]
+upstream = "s3"
+s3 = "object"
+
+[[route]]
+name = "shadow-owner"
+path = "/jobs/{user_id}"
+methods = ["GET"]
+upstream = "app"
+owner = "user_id"
+mode = "shadow"
 "#,
         &["app", "s3"],
         &["w"],
+    );
+    assert!(
+        text.contains("p.toml:38:8: route.owner: an s3 object route must own its keys"),
+        "{text}"
+    );
+    assert!(
+        text.contains("p.toml:50:8: route.mode: a route with owner is always enforced"),
+        "{text}"
     );
     assert!(
         text.contains("p.toml:9:6: route.s3: a webhook route cannot serve the bucket"),

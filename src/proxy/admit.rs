@@ -5,7 +5,6 @@
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use pingora::protocols::l4::socket::SocketAddr as PingoraAddr;
 use pingora::proxy::Session;
 use pingora::{Error, ErrorType, Result};
 
@@ -207,7 +206,9 @@ impl Portier {
             return Ok(Err(refusal));
         }
         if admission::is_upgrade(&session.req_header().headers) {
-            if !route.allows_upgrade() {
+            if !route.allows_upgrade()
+                || !admission::is_websocket_upgrade(&session.req_header().headers)
+            {
                 return Ok(Err(Reason::UpgradeNotAllowed.into()));
             }
             // After the 101 the bytes are the tunnel's, not a body to limit.
@@ -253,14 +254,12 @@ impl Portier {
         let spec = route.rate_limit.as_ref()?;
         let gw = &self.gw;
         let req = session.req_header();
-        let peer = session
-            .client_addr()
-            .and_then(PingoraAddr::as_inet)
-            .map(|a| a.ip());
+        let peer = admission::peer_ip(session.client_addr());
         let xff = req
             .headers
-            .get("x-forwarded-for")
-            .and_then(|v| v.to_str().ok());
+            .get_all("x-forwarded-for")
+            .iter()
+            .map(|v| v.as_bytes());
         let client = client_ip(peer, xff, &live.config.trusted_proxies);
         let key = rate_key(route, ctx.identity.as_deref(), client);
         match gw.rate_store.hit(&key, spec, SystemTime::now()).await {

@@ -68,6 +68,10 @@ pub struct Ctx {
     pub(super) tried_peers: Vec<pingora::protocols::l4::socket::SocketAddr>,
     /// The upstream's answer has begun (its status line arrived): no retry after this.
     pub(super) answered: bool,
+    /// The next attempt goes to the last peer again (a broken pooled connection).
+    pub(super) same_peer_again: bool,
+    /// That retry was used.
+    pub(super) stale_retry_used: bool,
 }
 
 /// One request in [`crate::state::Gateway::in_flight`], for as long as it lives.

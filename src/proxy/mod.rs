@@ -28,11 +28,10 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use pingora::http::ResponseHeader;
 use pingora::prelude::{HttpPeer, RequestHeader};
-use pingora::protocols::l4::socket::SocketAddr as PingoraAddr;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{Error, ErrorSource, ErrorType, Result};
 
-use crate::state::upstream::{send_again, Attempt, PeerFailure};
+use crate::state::upstream::{next_attempt, send_again, Attempt, NextAttempt, PeerFailure};
 
 pub use ctx::Ctx;
 
@@ -223,6 +222,12 @@ impl ProxyHttp for Portier {
             .upstream
             .as_ref()
             .ok_or_else(|| Error::explain(ErrorType::InternalError, "no upstream chosen"))?;
+        // A broken pooled connection goes once more to the same peer, on a new connection.
+        if std::mem::take(&mut ctx.same_peer_again) {
+            if let Some(addr) = ctx.tried_peers.last().cloned() {
+                return Ok(Box::new(app_peer(up, addr, ctx)));
+            }
+        }
         // A retry after a failed connect goes to another healthy peer when there is one.
         let tried = &ctx.tried_peers;
         let backend = up
@@ -235,12 +240,7 @@ impl ProxyHttp for Portier {
                 e
             })?;
         ctx.tried_peers.push(backend.addr.clone());
-        let mut peer = HttpPeer::new(backend.addr, up.config.tls, up.config.sni.clone());
-        peer.options.connection_timeout = Some(up.config.connect_timeout);
-        let route_timeout = ctx.route_def().and_then(|r| r.timeout);
-        peer.options.read_timeout = Some(route_timeout.unwrap_or(up.config.read_timeout));
-        peer.options.write_timeout = route_timeout.or(Some(up.config.read_timeout));
-        Ok(Box::new(peer))
+        Ok(Box::new(app_peer(up, backend.addr, ctx)))
     }
 
     async fn upstream_request_filter(
@@ -273,10 +273,7 @@ impl ProxyHttp for Portier {
             Some(live) => live.guard.clone(),
             None => self.gw.live().guard.clone(),
         };
-        let peer = session
-            .client_addr()
-            .and_then(PingoraAddr::as_inet)
-            .map(|a| a.ip());
+        let peer = crate::admission::peer_ip(session.client_addr());
         let trusted = ctx
             .live
             .as_ref()
@@ -285,8 +282,9 @@ impl ProxyHttp for Portier {
         let xff = session
             .req_header()
             .headers
-            .get("x-forwarded-for")
-            .and_then(|v| v.to_str().ok());
+            .get_all("x-forwarded-for")
+            .iter()
+            .map(|v| v.as_bytes());
         let fwd = Forwarding {
             peer,
             client: client_ip(peer, xff, trusted),
@@ -333,17 +331,30 @@ impl ProxyHttp for Portier {
         client_reused: bool,
     ) -> Box<Error> {
         let mut e = e.more_context(format!("Peer: {peer}"));
-        let a = attempt(session, ctx);
+        let a = Attempt {
+            reused_connection: client_reused,
+            ..attempt(session, ctx)
+        };
         if ctx.upstream.is_some() {
-            let again = send_again(PeerFailure::of(e.etype()), a);
-            if again {
-                log::warn!(
+            let next = next_attempt(PeerFailure::of(e.etype()), a);
+            match next {
+                NextAttempt::SamePeer => {
+                    log::info!(
+                        "pooled connection to {} broke before an answer ({}); sending again on a new one",
+                        peer._address,
+                        e.etype().as_str()
+                    );
+                    ctx.same_peer_again = true;
+                    ctx.stale_retry_used = true;
+                }
+                NextAttempt::AnotherPeer => log::warn!(
                     "upstream peer {} failed before answering ({}); trying another",
                     peer._address,
                     e.etype().as_str()
-                );
+                ),
+                NextAttempt::Stop => {}
             }
-            e.set_retry(again);
+            e.set_retry(next != NextAttempt::Stop);
         } else if !a.idempotent || !a.body_replayable {
             e.set_retry(false);
         } else {
@@ -618,12 +629,28 @@ impl Portier {
     }
 }
 
-/// The facts [`send_again`] decides on, for the request in `session`.
+/// The facts [`next_attempt`] decides on, for the request in `session`.
 fn attempt(session: &Session, ctx: &Ctx) -> Attempt {
     Attempt {
         idempotent: session.req_header().method.is_idempotent(),
         body_replayable: !session.as_ref().retry_buffer_truncated(),
         answered: ctx.answered,
         peers_tried: ctx.tried_peers.len(),
+        reused_connection: false,
+        stale_retry_used: ctx.stale_retry_used,
     }
+}
+
+/// An app upstream's peer at `addr`, with the route's timeouts.
+fn app_peer(
+    up: &crate::state::Upstream,
+    addr: pingora::protocols::l4::socket::SocketAddr,
+    ctx: &Ctx,
+) -> HttpPeer {
+    let mut peer = HttpPeer::new(addr, up.config.tls, up.config.sni.clone());
+    peer.options.connection_timeout = Some(up.config.connect_timeout);
+    let route_timeout = ctx.route_def().and_then(|r| r.timeout);
+    peer.options.read_timeout = Some(route_timeout.unwrap_or(up.config.read_timeout));
+    peer.options.write_timeout = route_timeout.or(Some(up.config.read_timeout));
+    peer
 }

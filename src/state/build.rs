@@ -184,12 +184,23 @@ impl Live {
                 }
             }
         }
-        let policies = match &sources.policies {
-            PolicyInput::ConfigDir => PolicySet::load_config_dir(&cfg),
-            PolicyInput::Dir(d) => PolicySet::load_for(&cfg, PolicySource::Dir(d)),
-            PolicyInput::Embedded(s) => PolicySet::load_for(&cfg, PolicySource::Sources(s)),
+        // Upstream pools are built once, at start: a reload compiles against those, so a
+        // route to an upstream added by the edit is refused (restart to add it) instead of
+        // answering 500 once live.
+        let running_upstreams: Arc<[String]> = match prev {
+            Some(p) => p.running_upstreams.clone(),
+            None => upstreams.keys().cloned().collect(),
+        };
+        let mut names: Vec<&str> = running_upstreams.iter().map(String::as_str).collect();
+        if s3.is_some() {
+            names.push(crate::S3_UPSTREAM);
         }
-        .map_err(StartError::Policies)?;
+        let source = match &sources.policies {
+            PolicyInput::ConfigDir => PolicySource::Dir(&cfg.policies_dir),
+            PolicyInput::Dir(d) => PolicySource::Dir(d),
+            PolicyInput::Embedded(s) => PolicySource::Sources(s),
+        };
+        let policies = PolicySet::load_with(&cfg, source, &names).map_err(StartError::Policies)?;
         let verifier = match (prev, old) {
             (Some(p), Some(o))
                 if o.verifier == *verifier
@@ -241,6 +252,7 @@ impl Live {
             s3,
             egress,
             assertion,
+            running_upstreams,
         };
         Ok((live, restart))
     }

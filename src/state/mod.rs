@@ -82,6 +82,9 @@ pub struct Live {
     pub egress: Option<Arc<crate::egress::EgressState>>,
     /// The identity assertion signer, when `[assertion]` is configured.
     pub assertion: Option<Arc<crate::assertion::Signer>>,
+    /// The upstreams whose pools run in this process (built at start; a reload cannot add
+    /// one): what policies compile against, so no route can name a pool that is not there.
+    pub running_upstreams: Arc<[String]>,
 }
 
 /// Shared, long-lived state of the proxy.
@@ -124,22 +127,6 @@ impl Gateway {
     pub(crate) fn install(&self, live: Live) {
         self.metrics.policy_generation.set(live.generation as i64);
         self.live.store(Arc::new(live));
-    }
-
-    /// Replaces just the policy set (tests, embedded policies).
-    pub fn swap_policies(&self, set: PolicySet) {
-        let cur = self.live();
-        self.install(Live {
-            generation: cur.generation + 1,
-            config: cur.config.clone(),
-            policies: Arc::new(set),
-            verifier: cur.verifier.clone(),
-            guard: cur.guard.clone(),
-            webhooks: cur.webhooks.clone(),
-            s3: cur.s3.clone(),
-            egress: cur.egress.clone(),
-            assertion: cur.assertion.clone(),
-        });
     }
 
     /// True when the gateway can decide requests: keys loaded and a policy set active.

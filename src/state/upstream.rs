@@ -103,6 +103,43 @@ pub struct Attempt {
     pub answered: bool,
     /// Peers this request was already sent to, this one included.
     pub peers_tried: usize,
+    /// The attempt used a pooled (kept-alive) connection to the peer.
+    pub reused_connection: bool,
+    /// The request already went once more to the same peer after a pooled connection broke.
+    pub stale_retry_used: bool,
+}
+
+/// Where a failed attempt goes next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NextAttempt {
+    /// Answered with the failure.
+    Stop,
+    /// Once more to the same peer, on a new connection: a pooled connection that broke before
+    /// any answer is most often one the peer had just closed as idle (the keep-alive race of
+    /// RFC 9112 9.3.1), not a failing peer.
+    SamePeer,
+    /// Once more, to another peer ([`send_again`]).
+    AnotherPeer,
+}
+
+/// The retry decision for a failed attempt. A broken pooled connection is retried on the same
+/// peer once (idempotent requests only, as clients do for that race); everything else follows
+/// [`send_again`].
+pub fn next_attempt(failure: PeerFailure, attempt: Attempt) -> NextAttempt {
+    if failure == PeerFailure::Broken
+        && attempt.reused_connection
+        && !attempt.stale_retry_used
+        && attempt.idempotent
+        && attempt.body_replayable
+        && !attempt.answered
+    {
+        return NextAttempt::SamePeer;
+    }
+    if send_again(failure, attempt) {
+        NextAttempt::AnotherPeer
+    } else {
+        NextAttempt::Stop
+    }
 }
 
 /// Whether the request goes once more, to another peer. A request that never reached a peer
@@ -130,7 +167,64 @@ mod tests {
         body_replayable: true,
         answered: false,
         peers_tried: 1,
+        reused_connection: false,
+        stale_retry_used: false,
     };
+
+    #[test]
+    fn a_broken_pooled_connection_goes_once_more_to_the_same_peer() {
+        let pooled = Attempt {
+            reused_connection: true,
+            ..FRESH
+        };
+        assert_eq!(
+            next_attempt(PeerFailure::Broken, pooled),
+            NextAttempt::SamePeer
+        );
+        // Even when another peer was already tried (it refused the connection).
+        let second = Attempt {
+            peers_tried: 2,
+            ..pooled
+        };
+        assert_eq!(
+            next_attempt(PeerFailure::Broken, second),
+            NextAttempt::SamePeer
+        );
+        // Once only; then the usual rule (another peer if there is one left).
+        let again = Attempt {
+            stale_retry_used: true,
+            ..pooled
+        };
+        assert_eq!(
+            next_attempt(PeerFailure::Broken, again),
+            NextAttempt::AnotherPeer
+        );
+        // Not for a POST, a body no longer held, an answer begun, or a fresh connection.
+        for a in [
+            Attempt {
+                idempotent: false,
+                ..pooled
+            },
+            Attempt {
+                body_replayable: false,
+                ..pooled
+            },
+            Attempt {
+                answered: true,
+                ..pooled
+            },
+        ] {
+            assert_eq!(next_attempt(PeerFailure::Broken, a), NextAttempt::Stop);
+        }
+        assert_eq!(
+            next_attempt(PeerFailure::Broken, FRESH),
+            NextAttempt::AnotherPeer
+        );
+        assert_eq!(
+            next_attempt(PeerFailure::TimedOut, pooled),
+            NextAttempt::Stop
+        );
+    }
 
     #[test]
     fn a_request_that_reached_no_peer_goes_again_whatever_its_method() {

@@ -146,6 +146,34 @@ fn sighup_and_config_changes_reload_and_report_restarts() {
         &[("Authorization", &bearer(&token("user_a")))],
     );
     assert_eq!((r.status, r.reason().as_str()), (401, "azp_mismatch"));
+    // An upstream added by a reload has no pool until a restart: a route to it would answer
+    // 500 once live, so the whole edit is refused and the last good state keeps serving.
+    let before = w.portier.gateway.live().generation;
+    w.edit_config(|t| {
+        let mut extra = toml::Table::new();
+        extra.insert(
+            "peers".into(),
+            toml::Value::Array(vec![toml::Value::String(w.flask.addr.to_string())]),
+        );
+        t["upstreams"]
+            .as_table_mut()
+            .expect("[upstreams]")
+            .insert("extra".into(), toml::Value::Table(extra));
+    });
+    std::fs::write(
+        w.policy_file("extra.toml"),
+        "[[route]]\nname = \"extra\"\npath = \"/extra\"\nmethods = [\"GET\"]\nupstream = \"extra\"\naccess = \"public\"\n",
+    )
+    .expect("write");
+    let err = runtime()
+        .block_on(w.portier.gateway.reload())
+        .err()
+        .expect("a route to an upstream that is not running is refused");
+    assert!(err.to_string().contains("extra"), "{err}");
+    assert_eq!(w.portier.gateway.live().generation, before);
+    let r = get(w.portier.addr, "/extra", &[]);
+    assert_eq!((r.status, r.reason().as_str()), (404, "no_route"));
+    std::fs::remove_file(w.policy_file("extra.toml")).expect("remove");
     // A broken config is refused whole; the last good state keeps serving.
     replace_file(&w.config_path, "[clerk]\nissuer = 5\n");
     assert!(runtime().block_on(w.portier.gateway.reload()).is_err());

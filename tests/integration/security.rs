@@ -62,8 +62,18 @@ fn tossed_and_conflicting_session_cookies_are_refused() {
     let cookie = format!("__session_AbCd1234={attacker}");
     let r = w.get("/api/books/1", &[("Cookie", &cookie)]);
     assert_eq!((r.status, r.reason().as_str()), (401, "token_missing"));
-    // Next to the victim's own cookie it changes nothing.
+    // Next to the victim's own cookie it is a conflict: the app's Clerk SDK reads a
+    // suffixed cookie first, so Portier and the app would decide about two users.
+    let seen = w.app.count();
     let cookie = format!("__session_AbCd1234={attacker}; __session={victim}");
+    let r = w.get("/api/books/1", &[("Cookie", &cookie)]);
+    assert_eq!(
+        (r.status, r.reason().as_str()),
+        (401, "session_cookie_conflict")
+    );
+    assert_eq!(w.app.count(), seen, "nothing reached the upstream");
+    // Clerk writes both names with the same value: that is one session.
+    let cookie = format!("__session_AbCd1234={victim}; __session={victim}");
     assert_eq!(w.get("/api/books/1", &[("Cookie", &cookie)]).status, 200);
     assert_eq!(
         w.app.last().header("x-portier-user-id"),
@@ -113,6 +123,40 @@ fn public_route_limits_count_by_address_with_or_without_a_token() {
     );
 }
 
+/// Same class as finding 6: behind a trusted load balancer only the first `X-Forwarded-For`
+/// line was read, so a client's forged line (HAProxy adds its own line) chose the budget, and
+/// header spellings that fold onto a forwarding header reached the upstream.
+#[test]
+fn every_forwarded_for_line_counts_and_aliases_never_pass() {
+    let w = World::start_with(|s| {
+        s.server_extra = "trusted_proxies = [\"127.0.0.0/8\"]\n".into();
+        s.policies.push_str(
+            "\n[[route]]\nname = \"signup\"\npath = \"/signup\"\nmethods = [\"GET\"]\nupstream = \"app\"\naccess = \"public\"\nrate_limit = \"2/min\"\n",
+        )
+    });
+    let mut statuses = Vec::new();
+    for forged in ["198.51.100.1", "198.51.100.2", "198.51.100.3"] {
+        let req = format!(
+            "GET /signup HTTP/1.1\r\nHost: portier.test\r\nConnection: close\r\nX-Forwarded-For: {forged}\r\nX-Forwarded-For: 203.0.113.9\r\nX_Forwarded_Host: evil.test\r\nX.Forwarded.Proto: https\r\n\r\n"
+        );
+        let r = raw_bytes(w.portier.addr, req.as_bytes());
+        statuses.push((r.status, r.reason()));
+    }
+    assert_eq!(statuses[0].0, 200);
+    assert_eq!(statuses[1].0, 200);
+    assert_eq!(statuses[2], (429, "rate_limited".to_string()));
+    let seen = w.app.last();
+    assert_eq!(seen.header("x-real-ip"), Some("203.0.113.9"));
+    assert!(
+        seen.header("x-forwarded-for")
+            .is_some_and(|v| v.ends_with("203.0.113.9, 127.0.0.1")),
+        "{:?}",
+        seen.header("x-forwarded-for")
+    );
+    assert_eq!(seen.header("x_forwarded_host"), None);
+    assert_eq!(seen.header("x.forwarded.proto"), None);
+}
+
 /// Finding 8: `Upgrade` was forwarded on every route, public ones included.
 #[test]
 fn upgrades_only_on_routes_that_allow_them_and_only_when_authorized() {
@@ -152,7 +196,7 @@ fn upgrades_only_on_routes_that_allow_them_and_only_when_authorized() {
         "\n[[route]]\nname = \"socket\"\npath = \"/ws\"\nmethods = [\"GET\"]\nupstream = \"ws\"\nwebsocket = true\n",
     );
     let p = setup.start();
-    let upgrade = |target: &str, auth: Option<&str>| {
+    let upgrade_to = |target: &str, auth: Option<&str>, protocol: &str| {
         let mut s = TcpStream::connect(p.addr).expect("connect");
         s.set_read_timeout(Some(Duration::from_secs(5)))
             .expect("timeout");
@@ -160,7 +204,7 @@ fn upgrades_only_on_routes_that_allow_them_and_only_when_authorized() {
             .map(|t| format!("Authorization: Bearer {t}\r\n"))
             .unwrap_or_default();
         let req = format!(
-            "GET {target} HTTP/1.1\r\nHost: portier.test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n{auth}\r\n"
+            "GET {target} HTTP/1.1\r\nHost: portier.test\r\nConnection: Upgrade\r\nUpgrade: {protocol}\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n{auth}\r\n"
         );
         s.write_all(req.as_bytes()).expect("write");
         let mut buf = vec![0u8; 4096];
@@ -168,6 +212,7 @@ fn upgrades_only_on_routes_that_allow_them_and_only_when_authorized() {
         let head = String::from_utf8_lossy(&buf[..n]).to_string();
         (s, head)
     };
+    let upgrade = |target: &str, auth: Option<&str>| upgrade_to(target, auth, "websocket");
     // A public route that does not opt in: refused, never tunnelled.
     let (_s, head) = upgrade("/public/x", None);
     assert!(head.starts_with("HTTP/1.1 400"), "{head}");
@@ -175,8 +220,15 @@ fn upgrades_only_on_routes_that_allow_them_and_only_when_authorized() {
     // The opted-in route still needs a session.
     let (_s, head) = upgrade("/ws", None);
     assert!(head.starts_with("HTTP/1.1 401"), "{head}");
-    // Signed in: 101, then bytes flow both ways.
+    assert!(head.contains("token_missing"), "{head}");
     let t = token("user_ws");
+    // A websocket route tunnels WebSockets only: h2c (or a list) is another protocol.
+    for protocol in ["h2c", "websocket, h2c"] {
+        let (_s, head) = upgrade_to("/ws", Some(&t), protocol);
+        assert!(head.starts_with("HTTP/1.1 400"), "{protocol}: {head}");
+        assert!(head.contains("upgrade_not_allowed"), "{protocol}: {head}");
+    }
+    // Signed in: 101, then bytes flow both ways.
     let (mut s, head) = upgrade("/ws", Some(&t));
     assert!(head.starts_with("HTTP/1.1 101"), "{head}");
     s.write_all(b"ping-frame").expect("write");

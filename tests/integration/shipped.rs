@@ -125,6 +125,13 @@ pub fn shipped_config(
         toml::Value::Integer(1),
     );
     set(&mut t, &["clerk", "issuer"], s(ISSUER));
+    // The shipped publishable key names the shipped issuer's host; the test issuer's own
+    // (pk_live_ + base64 of "clerk.portier.test$") keeps the cookie suffix in play.
+    set(
+        &mut t,
+        &["clerk", "publishable_key"],
+        s("pk_live_Y2xlcmsucG9ydGllci50ZXN0JA=="),
+    );
     set(
         &mut t,
         &["clerk", "authorized_parties"],
@@ -609,4 +616,26 @@ impl Shipped {
         )
         .status
     }
+}
+
+/// On the shipped config (with its publishable key) Portier reads the session cookie Clerk's
+/// SDK in Next.js reads, `__session_<suffix>` first, so both decide about the same user; two
+/// values of it are refused before anything reaches Next.js.
+#[test]
+fn page_requests_read_the_same_session_cookie_as_clerk_on_the_shipped_config() {
+    let w = Shipped::start(0);
+    let own = token("user_own");
+    let plain = token("user_plain");
+    let cookie = format!("__session={plain}; __session_m3jNlIl7={own}");
+    let r = get(w.portier.addr, "/dashboard", &[("Cookie", &cookie)]);
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(w.next.last().header("x-portier-user-id"), Some("user_own"));
+    let seen = w.next.count();
+    let cookie = format!("__session_m3jNlIl7={own}; __session_m3jNlIl7={plain}");
+    let r = get(w.portier.addr, "/dashboard", &[("Cookie", &cookie)]);
+    assert_eq!(
+        (r.status, r.reason().as_str()),
+        (401, "session_cookie_conflict")
+    );
+    assert_eq!(w.next.count(), seen, "nothing reached Next.js");
 }
