@@ -2,7 +2,6 @@
 //! `/healthz`, `/readyz`, the assertion keys at `/.well-known/jwks.json`), the credential
 //! refresher and the decision-log flusher.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -92,19 +91,25 @@ impl BackgroundService for Drain {
     }
 }
 
-/// Background service: `/metrics`, `/healthz`, `/readyz` on the admin address.
+/// Background service: `/metrics`, `/healthz`, `/readyz` on the admin address (bound when the
+/// server was built; taken once, when the service starts).
 pub struct Admin {
     pub gateway: Arc<Gateway>,
-    pub addr: SocketAddr,
+    pub listener: std::sync::Mutex<Option<std::net::TcpListener>>,
 }
 
 #[async_trait]
 impl BackgroundService for Admin {
     async fn start(&self, mut shutdown: ShutdownWatch) {
-        let listener = match tokio::net::TcpListener::bind(self.addr).await {
+        let taken = self.listener.lock().ok().and_then(|mut l| l.take());
+        let Some(std_listener) = taken else {
+            log::error!("admin listener started twice");
+            return;
+        };
+        let listener = match tokio::net::TcpListener::from_std(std_listener) {
             Ok(l) => l,
             Err(e) => {
-                log::error!("admin listener {}: {e}", self.addr);
+                log::error!("admin listener: {e}");
                 return;
             }
         };

@@ -434,8 +434,10 @@ fn run(config: &Path, upgrade: bool) -> anyhow::Result<()> {
     )?;
     warm_keys(&built.gateway);
     warm_credentials(&built.gateway);
-    log::info!("portier listening on {:?}", built.listen);
-    built.server.run_forever()
+    // One line on stdout for whatever started the process (a configured port 0 is resolved).
+    println!("portier listening {}", built.bound);
+    log::info!("portier listening {}", built.bound);
+    built.run_forever()
 }
 
 /// Fetch keys before serving so the first request does not wait; not fatal if it fails.
@@ -515,6 +517,10 @@ fn run_dev(
         },
     };
     let built = server::build(&cfg, sources)?;
+    // Port 0 becomes the port the system picked (the printed examples use it).
+    let listen = built.bound.public.first().copied().unwrap_or(listen);
+    let egress = built.bound.egress.unwrap_or(egress);
+    println!("portier listening {}", built.bound);
     let pro = servers.issuer.token(&with_entitlements(
         servers
             .issuer
@@ -581,7 +587,7 @@ Webhook secrets for this run: workers {worker_secret}  clerk {clerk_secret}
         echo = servers.echo_addr,
     );
     warm_keys(&built.gateway);
-    built.server.run_forever()
+    built.run_forever()
 }
 
 fn with_entitlements(mut claims: Value, plans: &[String], features: &[String]) -> Value {

@@ -22,7 +22,109 @@ use crate::state::{ConfigInput, Gateway, PolicyInput, Sources, StartError};
 pub struct Built {
     pub server: Server,
     pub gateway: Arc<Gateway>,
-    pub listen: Vec<SocketAddr>,
+    /// Where it listens; a configured port 0 is the port the system chose.
+    pub bound: Bound,
+    /// Ports picked for a configured port 0, held until Pingora listens on them.
+    reservations: Vec<Reservation>,
+}
+
+/// The addresses a server listens on, as bound.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Bound {
+    pub public: Vec<SocketAddr>,
+    pub egress: Option<SocketAddr>,
+    pub admin: Option<SocketAddr>,
+}
+
+impl std::fmt::Display for Bound {
+    /// One line a script can read: `public=127.0.0.1:8080 egress=127.0.0.1:9100 admin=...`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let public: Vec<String> = self.public.iter().map(SocketAddr::to_string).collect();
+        write!(f, "public={}", public.join(","))?;
+        if let Some(e) = self.egress {
+            write!(f, " egress={e}")?;
+        }
+        if let Some(a) = self.admin {
+            write!(f, " admin={a}")?;
+        }
+        Ok(())
+    }
+}
+
+/// A port the system picked for a configured port 0 (tests, `portier dev`): bound with
+/// `SO_REUSEPORT` but not listening, so no other bind can be handed it, until Pingora binds
+/// and listens on it beside this socket (a socket that does not listen receives no
+/// connections). Pingora binds its listeners itself, so this is how a test learns the port
+/// instead of picking one and releasing it.
+struct Reservation {
+    addr: SocketAddr,
+    _socket: tokio::net::TcpSocket,
+}
+
+/// `addr`, or for port 0 the port the system picks, held by a [`Reservation`].
+fn reserve(addr: SocketAddr) -> Result<(SocketAddr, Option<Reservation>), StartError> {
+    if addr.port() != 0 {
+        return Ok((addr, None));
+    }
+    let bind = || -> std::io::Result<(SocketAddr, tokio::net::TcpSocket)> {
+        let socket = if addr.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        socket.set_reuseport(true)?;
+        socket.bind(addr)?;
+        Ok((socket.local_addr()?, socket))
+    };
+    let (bound, socket) = bind().map_err(|source| StartError::Bind { addr, source })?;
+    Ok((
+        bound,
+        Some(Reservation {
+            addr: bound,
+            _socket: socket,
+        }),
+    ))
+}
+
+/// Adds `addr` to a proxy service's listeners: with `SO_REUSEPORT` when it is a reserved
+/// port 0 (to bind beside the reservation), as configured otherwise.
+fn listen_on<A>(
+    svc: &mut pingora::services::listening::Service<A>,
+    addr: SocketAddr,
+    reserved: bool,
+) where
+    A: pingora::apps::ServerApp + Send + Sync + 'static,
+{
+    if reserved {
+        let mut opts = pingora::listeners::TcpSocketOptions::default();
+        opts.so_reuseport = Some(true);
+        svc.add_tcp_with_settings(&addr.to_string(), opts);
+    } else {
+        svc.add_tcp(&addr.to_string());
+    }
+}
+
+impl Built {
+    /// Gives up the port-0 reservations once Pingora listens on their ports (a background
+    /// thread waits for that; nothing to do when there are none).
+    fn release_when_listening(reservations: Vec<Reservation>) {
+        if reservations.is_empty() {
+            return;
+        }
+        std::thread::spawn(move || {
+            for r in &reservations {
+                if !wait_listening(r.addr, Duration::from_secs(30)) {
+                    log::warn!("{} did not start listening", r.addr);
+                }
+            }
+        });
+    }
+
+    /// Runs the server in this process until it exits (`portier run`).
+    pub fn run_forever(self) -> ! {
+        Self::release_when_listening(self.reservations);
+        self.server.run_forever()
+    }
 }
 
 /// How the server runs: as `portier run` (its own process) or inside another program.
@@ -59,6 +161,8 @@ pub fn build_with(cfg: &Config, sources: Sources, mode: RunMode) -> Result<Built
     for svc in health {
         server.add_service(svc);
     }
+    let mut reservations = Vec::new();
+    let mut bound = Bound::default();
     let mut svc = pingora::proxy::http_proxy_service(
         &server.configuration,
         Portier {
@@ -67,7 +171,10 @@ pub fn build_with(cfg: &Config, sources: Sources, mode: RunMode) -> Result<Built
         },
     );
     for addr in &cfg.server.listen {
-        svc.add_tcp(&addr.to_string());
+        let (addr, held) = reserve(*addr)?;
+        listen_on(&mut svc, addr, held.is_some());
+        reservations.extend(held);
+        bound.public.push(addr);
     }
     server.add_service(svc);
     if let Some(egress) = &cfg.egress {
@@ -78,7 +185,10 @@ pub fn build_with(cfg: &Config, sources: Sources, mode: RunMode) -> Result<Built
                 side: Side::Egress,
             },
         );
-        svc.add_tcp(&egress.listen.to_string());
+        let (addr, held) = reserve(egress.listen)?;
+        listen_on(&mut svc, addr, held.is_some());
+        reservations.extend(held);
+        bound.egress = Some(addr);
         server.add_service(svc);
     }
     server.add_service(background_service(
@@ -108,18 +218,28 @@ pub fn build_with(cfg: &Config, sources: Sources, mode: RunMode) -> Result<Built
         ));
     }
     if let Some(addr) = cfg.admin_listen {
+        // Bound here: a taken port is a start error, and port 0 is known at once.
+        let listener = std::net::TcpListener::bind(addr)
+            .and_then(|l| l.set_nonblocking(true).map(|()| l))
+            .map_err(|source| StartError::Bind { addr, source })?;
+        bound.admin = Some(
+            listener
+                .local_addr()
+                .map_err(|source| StartError::Bind { addr, source })?,
+        );
         server.add_service(background_service(
             "admin",
             Admin {
                 gateway: gateway.clone(),
-                addr,
+                listener: std::sync::Mutex::new(Some(listener)),
             },
         ));
     }
     Ok(Built {
         server,
         gateway,
-        listen: cfg.server.listen.clone(),
+        bound,
+        reservations,
     })
 }
 
@@ -158,6 +278,7 @@ impl ShutdownSignalWatch for WatchShutdown {
 /// Runs a built server on its own thread until the handle is used; for tests and `dev`.
 pub fn spawn(built: Built) -> (ShutdownHandle, std::thread::JoinHandle<()>) {
     let (tx, rx) = tokio::sync::watch::channel(false);
+    Built::release_when_listening(built.reservations);
     let server = built.server;
     let thread = std::thread::spawn(move || {
         server.run(RunArgs {

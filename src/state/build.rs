@@ -63,6 +63,11 @@ pub enum StartError {
     Egress(crate::egress::MissingSecret),
     #[error("{0}")]
     Assertion(#[from] crate::assertion::AssertionError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
 }
 
 /// A configured webhook sender: its secrets (from env vars) and timestamp tolerance.

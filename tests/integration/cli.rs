@@ -377,17 +377,16 @@ fn dev_applies_a_policy_edit_without_a_restart() {
             std::fs::copy(&p, dir.0.join(p.file_name().expect("name"))).expect("copy");
         }
     }
-    let listen = crate::common::free_port();
-    let egress = crate::common::free_port();
     let mut child = portier()
-        .args(["dev", "--listen", &listen.to_string(), "--egress"])
-        .arg(egress.to_string())
+        .args(["dev", "--listen", "127.0.0.1:0", "--egress", "127.0.0.1:0"])
         .arg("--policies")
         .arg(&dir.0)
-        .stdout(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
         .spawn()
         .expect("start portier dev");
+    let bound = dev_bound(&mut child);
+    let listen = bound.public[0];
     struct Kill<'a>(&'a mut std::process::Child);
     impl Drop for Kill<'_> {
         fn drop(&mut self) {
@@ -433,10 +432,8 @@ fn dev_applies_a_policy_edit_without_a_restart() {
 #[test]
 fn dev_prints_a_boto3_command_that_works_through_its_egress() {
     use std::io::BufRead;
-    let (listen, egress) = (crate::common::free_port(), crate::common::free_port());
     let mut child = portier()
-        .args(["dev", "--listen", &listen.to_string(), "--egress"])
-        .arg(egress.to_string())
+        .args(["dev", "--listen", "127.0.0.1:0", "--egress", "127.0.0.1:0"])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
         .spawn()
@@ -453,9 +450,12 @@ fn dev_prints_a_boto3_command_that_works_through_its_egress() {
     let mut lines = std::io::BufReader::new(stdout).lines();
     let mut command = Vec::new();
     let mut in_block = false;
+    let mut egress = None;
     for line in lines.by_ref() {
         let line = line.expect("line");
-        if line.contains("through the egress listener") {
+        if let Some(rest) = line.strip_prefix("portier listening ") {
+            egress = crate::common::parse_bound(rest).egress;
+        } else if line.contains("through the egress listener") {
             in_block = true;
         } else if in_block && line.trim().is_empty() {
             break;
@@ -464,6 +464,7 @@ fn dev_prints_a_boto3_command_that_works_through_its_egress() {
         }
     }
     assert!(!command.is_empty(), "no boto3 command was printed");
+    let egress = egress.expect("portier dev printed its addresses first");
     let python = std::env::var("PORTIER_PYTHON")
         .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/.venv/bin/python").to_string());
     let script = command
@@ -538,4 +539,27 @@ fn explain_egress_uses_the_shipped_service_rules() {
     );
     let (code, _) = run(&["nobody", "GET", "/app-media/k"]);
     assert_eq!(code, Some(1), "an unknown service is an error");
+}
+
+/// Reads `portier dev`'s `portier listening ...` line (its ports were 0); the rest of its
+/// output is drained on a thread.
+fn dev_bound(child: &mut std::process::Child) -> portier::server::Bound {
+    use std::io::BufRead;
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut lines = std::io::BufReader::new(stdout).lines();
+        for line in lines.by_ref() {
+            let Ok(line) = line else { return };
+            if let Some(rest) = line.strip_prefix("portier listening ") {
+                let _ = tx.send(rest.to_string());
+                break;
+            }
+        }
+        for _ in lines {}
+    });
+    let line = rx
+        .recv_timeout(std::time::Duration::from_secs(30))
+        .expect("portier dev printed its addresses");
+    crate::common::parse_bound(&line)
 }

@@ -38,7 +38,14 @@ pub fn listener() -> (tokio::net::TcpListener, SocketAddr) {
     (l, a)
 }
 
-/// A port for a server that binds by itself (Pingora). Taken below Linux's ephemeral range
+/// `127.0.0.1:0`: Portier's listeners bind a port the system picks, and the test learns it
+/// from the started server (`Portier::addr`, `Portier::admin`, `portier listening ...`).
+pub fn any_port() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 0))
+}
+
+/// A port for a program that cannot report the port it bound: `redis-server`, `next start`,
+/// and a Flask app that must know Portier's egress or admin address before Portier starts. Taken below Linux's ephemeral range
 /// (32768+), so no `bind(:0)` of another test can be handed the same port in the window
 /// between this check and Pingora's bind.
 pub fn free_port() -> SocketAddr {
@@ -295,6 +302,10 @@ access = "public"
 
 pub struct Portier {
     pub addr: SocketAddr,
+    /// The admin listener, when the config has one.
+    pub admin: Option<SocketAddr>,
+    /// The egress listener, when the config has one.
+    pub egress: Option<SocketAddr>,
     pub gateway: Arc<Gateway>,
     pub(crate) shutdown: ShutdownHandle,
     pub dir: TempDir,
@@ -366,10 +377,11 @@ impl Setup {
         }
     }
 
-    /// Writes config.toml and the policies into a fresh directory.
-    pub fn write(self) -> (TempDir, PathBuf, SocketAddr) {
+    /// Writes config.toml (Portier listening on port 0: the bound port is learnt when it
+    /// starts) and the policies into a fresh directory.
+    pub fn write(self) -> (TempDir, PathBuf) {
         let dir = TempDir::new();
-        let listen = free_port();
+        let listen = "127.0.0.1:0";
         // Port 1: nothing listens there, so connections are refused at once.
         let dead = "127.0.0.1:1";
         let config = format!(
@@ -434,29 +446,95 @@ path = "{log}"
         std::fs::write(&cfg_path, &config).expect("write config");
         std::fs::create_dir_all(dir.0.join("policies")).expect("mkdir");
         std::fs::write(dir.0.join("policies/test.toml"), &self.policies).expect("write policies");
-        (dir, cfg_path, listen)
+        (dir, cfg_path)
     }
 
     pub fn start(self) -> Portier {
         capture_logs();
-        let (dir, cfg_path, listen) = self.write();
+        let (dir, cfg_path) = self.write();
         let cfg = Config::load(&cfg_path).unwrap_or_else(|d| panic!("config:\n{d}"));
         portier::policy::PolicySet::load_config_dir(&cfg)
             .unwrap_or_else(|d| panic!("policies:\n{d}"));
         let built = server::build_from_config(&cfg, &cfg_path).expect("build");
         let gateway = built.gateway.clone();
+        let bound = built.bound.clone();
         let (shutdown, _thread) = server::spawn(built);
+        let listen = bound.public[0];
         assert!(
             server::wait_listening(listen, Duration::from_secs(10)),
             "portier did not start"
         );
         Portier {
             addr: listen,
+            admin: bound.admin,
+            egress: bound.egress,
             gateway,
             shutdown,
             dir,
         }
     }
+}
+
+/// Starts `portier run -c <cfg> <args>` and reads the addresses it printed once bound
+/// (`portier listening public=... egress=... admin=...`); its stdout is drained afterwards.
+pub fn spawn_portier_run(
+    cfg: &Path,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> (std::process::Child, portier::server::Bound) {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_portier"))
+        .args(["run", "-c"])
+        .arg(cfg)
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .envs(env.iter().copied())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("start portier");
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut lines = std::io::BufReader::new(stdout).lines();
+        for line in lines.by_ref() {
+            let Ok(line) = line else { return };
+            if let Some(rest) = line.strip_prefix("portier listening ") {
+                let _ = tx.send(rest.to_string());
+                break;
+            }
+        }
+        // Keep reading so the process never blocks on a full pipe.
+        for _ in lines {}
+    });
+    let line = rx
+        .recv_timeout(Duration::from_secs(20))
+        .unwrap_or_else(|_| {
+            let _ = child.kill();
+            panic!("portier run printed no listening line")
+        });
+    (child, parse_bound(&line))
+}
+
+/// The addresses of a `portier listening ...` line.
+pub fn parse_bound(line: &str) -> portier::server::Bound {
+    let mut b = portier::server::Bound::default();
+    for part in line.split_whitespace() {
+        let Some((k, v)) = part.split_once('=') else {
+            continue;
+        };
+        match k {
+            "public" => {
+                b.public = v
+                    .split(',')
+                    .map(|a| a.parse().expect("public address"))
+                    .collect()
+            }
+            "egress" => b.egress = Some(v.parse().expect("egress address")),
+            "admin" => b.admin = Some(v.parse().expect("admin address")),
+            _ => {}
+        }
+    }
+    b
 }
 
 /// A parsed HTTP response.
@@ -764,6 +842,7 @@ impl Drop for Redis {
 /// `portier run` as a child process (a real replica), killed on drop.
 pub struct PortierProcess {
     pub addr: SocketAddr,
+    pub admin: Option<SocketAddr>,
     child: std::process::Child,
     config: PathBuf,
     _dir: Option<TempDir>,
@@ -774,37 +853,50 @@ impl PortierProcess {
         Self::start_args(setup, &[])
     }
 
-    /// `portier run -c <config> <args>`.
+    /// `portier run -c <config> <args>`, listening on ports the system picks.
     pub fn start_args(setup: Setup, args: &[&str]) -> PortierProcess {
-        let (dir, cfg, addr) = setup.write();
-        let p = Self::spawn(&cfg, addr, args, Some(dir));
+        let (dir, cfg) = setup.write();
+        let (child, bound) = spawn_portier_run(&cfg, args, &[]);
+        let addr = bound.public[0];
         assert!(
             server::wait_listening(addr, Duration::from_secs(15)),
             "portier process did not start"
         );
-        p
+        // From now on the config names the bound ports, as a production config does: a
+        // process started `--upgrade` on it takes exactly these sockets over.
+        let text = std::fs::read_to_string(&cfg).expect("config");
+        let text = text.replacen(
+            "listen = [\"127.0.0.1:0\"]",
+            &format!("listen = [\"{addr}\"]"),
+            1,
+        );
+        std::fs::write(&cfg, text).expect("config");
+        PortierProcess {
+            addr,
+            admin: bound.admin,
+            child,
+            config: cfg,
+            _dir: Some(dir),
+        }
     }
 
-    fn spawn(cfg: &Path, addr: SocketAddr, args: &[&str], dir: Option<TempDir>) -> PortierProcess {
+    /// Another `portier run` on the same config (`--upgrade` takes this one's sockets over).
+    pub fn another(&self, args: &[&str]) -> PortierProcess {
         let child = std::process::Command::new(env!("CARGO_BIN_EXE_portier"))
             .args(["run", "-c"])
-            .arg(cfg)
+            .arg(&self.config)
             .args(args)
             .env("RUST_LOG", "warn")
             .stdout(std::process::Stdio::null())
             .spawn()
             .expect("start portier");
         PortierProcess {
-            addr,
+            addr: self.addr,
+            admin: self.admin,
             child,
-            config: cfg.to_path_buf(),
-            _dir: dir,
+            config: self.config.clone(),
+            _dir: None,
         }
-    }
-
-    /// Another `portier run` on the same config (`--upgrade` takes this one's sockets over).
-    pub fn another(&self, args: &[&str]) -> PortierProcess {
-        Self::spawn(&self.config, self.addr, args, None)
     }
 
     /// The config file the process runs on (edit it to reload).

@@ -316,18 +316,18 @@ fn the_standard_env_vars_through_portier_run() {
         "[s3]\nendpoint = \"{}\"\nregion = \"us-east-1\"\nbucket = \"media\"\naddressing = \"path\"\n[s3.credentials]\nsource = \"env\"\n",
         store.endpoint()
     );
-    let (dir, cfg, addr) = setup.write();
+    let (dir, cfg) = setup.write();
     // The standard names, set for this replica only.
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_portier"))
-        .args(["run", "-c"])
-        .arg(&cfg)
-        .env("AWS_ACCESS_KEY_ID", &ak)
-        .env("AWS_SECRET_ACCESS_KEY", &sk)
-        .env("AWS_EC2_METADATA_DISABLED", "true")
-        .env("RUST_LOG", "warn")
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .expect("portier run");
+    let (mut child, bound) = spawn_portier_run(
+        &cfg,
+        &[],
+        &[
+            ("AWS_ACCESS_KEY_ID", &ak),
+            ("AWS_SECRET_ACCESS_KEY", &sk),
+            ("AWS_EC2_METADATA_DISABLED", "true"),
+        ],
+    );
+    let addr = bound.public[0];
     assert!(portier::server::wait_listening(
         addr,
         Duration::from_secs(15)

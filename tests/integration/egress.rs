@@ -44,7 +44,6 @@ fn start() -> EgressWorld {
     std::env::set_var(format!("PORTIER_EGRESS_STORE_SK_{n}"), &sk);
     std::env::set_var("PORTIER_EGRESS_API_SECRET", API_SECRET);
     std::env::set_var("PORTIER_EGRESS_WORKER_SECRET", WORKER_SECRET);
-    let egress = free_port();
     let endpoint = format!("http://{}", relay.addr);
     let world = World::start_with(|s| {
         s.extra_config = format!(
@@ -59,7 +58,7 @@ secret_access_key_env = "PORTIER_EGRESS_STORE_SK_{n}"
 session_token_env = "PORTIER_EGRESS_NO_TOKEN"
 
 [egress]
-listen = "{egress}"
+listen = "127.0.0.1:0"
 bucket = "media"
 
 [egress.services.api]
@@ -78,6 +77,7 @@ keys = ["user_*/images/**"]
 "#
         )
     });
+    let egress = world.portier.egress.expect("egress listener");
     assert!(portier::server::wait_listening(
         egress,
         Duration::from_secs(10)

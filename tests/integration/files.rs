@@ -479,23 +479,18 @@ fn the_front_end_drives_the_file_api_through_portier_run() {
     }
     let w = Shipped::start(0);
     // The same config as a real replica: `portier run` on it, in its own process.
-    let listen = free_port();
-    let admin = free_port();
     let mut t: toml::Table = std::fs::read_to_string(&w.config_path)
         .expect("config")
         .parse()
         .expect("toml");
-    t["server"]["listen"] = toml::Value::Array(vec![toml::Value::String(listen.to_string())]);
-    t["admin"]["listen"] = toml::Value::String(admin.to_string());
+    let any = toml::Value::String("127.0.0.1:0".into());
+    t["server"]["listen"] = toml::Value::Array(vec![any.clone()]);
+    t["admin"]["listen"] = any.clone();
+    t["egress"]["listen"] = any;
     let cfg = w.portier.dir.0.join("replica.toml");
     std::fs::write(&cfg, toml::to_string(&t).expect("toml")).expect("write");
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_portier"))
-        .args(["run", "-c"])
-        .arg(&cfg)
-        .env("RUST_LOG", "warn")
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .expect("portier run");
+    let (mut child, bound) = spawn_portier_run(&cfg, &[], &[]);
+    let listen = bound.public[0];
     assert!(portier::server::wait_listening(
         listen,
         Duration::from_secs(15)

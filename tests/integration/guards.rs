@@ -136,20 +136,19 @@ fn two_processes_share_one_limit_in_redis_and_redis_failure_follows_config() {
     let mut redis = Redis::start();
     let jwks = JwksServer::start(vec![issuer().jwk()]);
     let app = Upstream::start();
-    let admin_a = free_port();
-    let admin_b = free_port();
-    let replica = |failure: &str, admin| {
+    let replica = |failure: &str| {
         let mut s = Setup::new(&jwks, &app, &app);
         s.policies = RATE_POLICIES.into();
-        s.admin = Some(admin);
+        s.admin = Some(any_port());
         s.extra_config = format!(
             "[rate_limit]\nstore = \"redis\"\nredis_url = \"{}\"\non_redis_failure = \"{failure}\"\nredis_timeout_ms = 300\n",
             redis.url()
         );
         PortierProcess::start(s)
     };
-    let a = replica("open", admin_a);
-    let b = replica("closed", admin_b);
+    let a = replica("open");
+    let b = replica("closed");
+    let (admin_a, admin_b) = (a.admin.expect("admin"), b.admin.expect("admin"));
     let t = token("user_shared");
     let auth = bearer(&t);
     let h = [("Authorization", auth.as_str())];

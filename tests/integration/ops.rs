@@ -259,11 +259,10 @@ fn explain_and_the_proxy_agree() {
 
 #[test]
 fn shadow_rules_pass_traffic_and_are_logged_and_counted() {
-    let admin = free_port();
     let log = TempDir::new();
     let log_path = log.0.join("decisions.jsonl");
     let w = World::start_with(|s| {
-        s.admin = Some(admin);
+        s.admin = Some(any_port());
         s.decision_log = log_path.clone();
         s.policies.push_str(
             r#"
@@ -285,6 +284,7 @@ feature = ["beta"]
 "#,
         );
     });
+    let admin = w.portier.admin.expect("admin");
     let me = token("user_abc");
     let r = w.get_as("/api/watched", &me);
     assert_eq!(r.status, 200, "shadow rule does not refuse: {}", r.body);
@@ -333,8 +333,8 @@ feature = ["beta"]
 
 #[test]
 fn metrics_health_and_readiness() {
-    let admin = free_port();
-    let w = World::start_with(|s| s.admin = Some(admin));
+    let w = World::start_with(|s| s.admin = Some(any_port()));
+    let admin = w.portier.admin.expect("admin");
     assert!(portier::server::wait_listening(
         admin,
         Duration::from_secs(5)
@@ -386,8 +386,8 @@ fn metrics_health_and_readiness() {
 
 #[test]
 fn readiness_waits_for_keys() {
-    let admin = free_port();
-    let w = World::start_with(|s| s.admin = Some(admin));
+    let w = World::start_with(|s| s.admin = Some(any_port()));
+    let admin = w.portier.admin.expect("admin");
     w.jwks.up.store(false, Ordering::SeqCst);
     assert!(portier::server::wait_listening(
         admin,

@@ -194,7 +194,7 @@ pub fn shipped_config(
 
 impl Shipped {
     pub fn start(reload_poll_ms: i64) -> Shipped {
-        Self::start_with(reload_poll_ms, None, free_port())
+        Self::start_with(reload_poll_ms, None, "127.0.0.1:0".parse().expect("addr"))
     }
 
     /// With `flask` as the flask upstream's peer (an echo server otherwise) and the egress
@@ -213,7 +213,9 @@ impl Shipped {
         let store = runtime()
             .block_on(s3::start(store_root.0.clone(), "app-media", &ak, &sk))
             .expect("embedded store");
-        let (listen, admin) = (free_port(), free_port());
+        // Ports the system picks, learnt from the built server.
+        let any: std::net::SocketAddr = "127.0.0.1:0".parse().expect("addr");
+        let (listen, admin) = (any, any);
         let addrs = Addrs {
             listen,
             admin,
@@ -237,6 +239,9 @@ impl Shipped {
         let loaded = Config::load(&config_path).unwrap_or_else(|d| panic!("config:\n{d}"));
         let built = portier::server::build_from_config(&loaded, &config_path).expect("build");
         let gateway = built.gateway.clone();
+        let bound = built.bound.clone();
+        let (listen, egress) = (bound.public[0], bound.egress.expect("egress listener"));
+        let admin = bound.admin.expect("admin listener");
         let (shutdown, _thread) = portier::server::spawn(built);
         assert!(
             portier::server::wait_listening(listen, Duration::from_secs(10)),
@@ -254,6 +259,8 @@ impl Shipped {
             store_root,
             portier: Portier {
                 addr: listen,
+                admin: Some(admin),
+                egress: Some(egress),
                 gateway,
                 shutdown,
                 dir,
@@ -356,7 +363,14 @@ fn reloads_apply_on_the_shipped_config_with_its_bucket() {
             t,
             &["clerk", "issuer"],
             toml::Value::String("https://clerk.rotated.test".into()),
-        )
+        );
+        // The publishable key names its instance's host: it rotates with the issuer.
+        set(
+            t,
+            &["clerk", "publishable_key"],
+            // pk_live_ + base64("clerk.rotated.test$")
+            toml::Value::String("pk_live_Y2xlcmsucm90YXRlZC50ZXN0JA==".into()),
+        );
     });
     w.wait_reload("ok", ok);
     let r = get(
@@ -366,7 +380,14 @@ fn reloads_apply_on_the_shipped_config_with_its_bucket() {
     );
     assert_eq!((r.status, r.reason().as_str()), (401, "issuer_mismatch"));
     let ok = w.reloads("ok");
-    w.edit_config(|t| set(t, &["clerk", "issuer"], toml::Value::String(ISSUER.into())));
+    w.edit_config(|t| {
+        set(t, &["clerk", "issuer"], toml::Value::String(ISSUER.into()));
+        set(
+            t,
+            &["clerk", "publishable_key"],
+            toml::Value::String("pk_live_Y2xlcmsucG9ydGllci50ZXN0JA==".into()),
+        );
+    });
     w.wait_reload("ok", ok);
     let deadline = Instant::now() + Duration::from_secs(10);
     while w.get_as_status("/api/jobs/user_a/1", &me) != 200 {
