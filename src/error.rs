@@ -281,7 +281,7 @@ impl Reason {
             Reason::ClaimMismatch => "your account does not meet this route's requirements",
             Reason::UpstreamUnavailable => "the service behind this route is unavailable",
             Reason::UpstreamTimeout => "the service behind this route did not answer in time",
-            Reason::ClientTimeout => "the request body stopped arriving",
+            Reason::ClientTimeout => "the request stopped arriving",
             Reason::BodyTooLarge => "the request body is too large for this route",
             Reason::HeadersTooLarge => "the request headers are too large",
             Reason::RateLimited => "too many requests; retry after the time in Retry-After",
@@ -324,6 +324,22 @@ impl Reason {
                     | Reason::WebhookTimestampOutOfRange
                     | Reason::WebhookReplayed
             )
+    }
+
+    /// A whole HTTP/1.1 answer with this reason, closing the connection: for the few places
+    /// that write to a client below Pingora's HTTP layer (a request head that never ended).
+    pub fn raw_response(self) -> Vec<u8> {
+        let body = self.body();
+        format!(
+            "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+            self.status(),
+            http::StatusCode::from_u16(self.status())
+                .ok()
+                .and_then(|s| s.canonical_reason())
+                .unwrap_or(""),
+            body.len()
+        )
+        .into_bytes()
     }
 
     /// The JSON body sent to the client.

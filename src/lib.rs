@@ -16,6 +16,7 @@ pub mod error;
 pub mod explain;
 pub mod files;
 pub mod guards;
+pub mod head_deadline;
 pub mod headers;
 pub mod logging;
 pub mod metrics;

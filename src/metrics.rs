@@ -20,6 +20,7 @@ pub struct Metrics {
     pub reloads: IntCounterVec,
     pub restart_required: IntCounterVec,
     pub upgrades: IntCounterVec,
+    pub head_timeouts: IntCounterVec,
     pub egress_requests: IntCounterVec,
     pub assertions: IntCounterVec,
     s3_credentials_source: prometheus::IntGaugeVec,
@@ -163,6 +164,12 @@ impl Metrics {
                 "portier_upgrades_total",
                 "Protocol upgrades (WebSocket) admitted, by route",
                 &["route"],
+            )?,
+            head_timeouts: counter_vec(
+                &r,
+                "portier_request_head_timeouts_total",
+                "Connections cut because a request head did not arrive whole in time (server.request_header_timeout_seconds), by listener",
+                &["listener"],
             )?,
             upstream_errors: counter_vec(
                 &r,

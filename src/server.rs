@@ -14,6 +14,7 @@ use pingora::services::background::background_service;
 
 use crate::admin::{Admin, CredentialRefresher, Drain, LogFlusher};
 use crate::config::Config;
+use crate::head_deadline::{Guarded, Timeout};
 use crate::proxy::{Portier, Side};
 use crate::reload::Reloader;
 use crate::state::{ConfigInput, Gateway, PolicyInput, Sources, StartError};
@@ -137,6 +138,44 @@ pub struct RunMode {
     pub exit_when_drained: bool,
 }
 
+/// Pingora's HTTP proxy around `portier`, its connections given a request-head deadline
+/// ([`crate::head_deadline`]).
+fn guarded_service(
+    conf: &Arc<ServerConf>,
+    portier: Portier,
+    limit: Duration,
+) -> pingora::services::listening::Service<Guarded<pingora::proxy::HttpProxy<Portier>>> {
+    let (name, listener, answer) = match portier.side {
+        Side::Public => (
+            "Portier public listener",
+            "public",
+            crate::error::Reason::ClientTimeout.raw_response(),
+        ),
+        Side::Egress => (
+            "Portier egress listener",
+            "egress",
+            crate::egress::errors::S3Error::REQUEST_TIMEOUT.raw_response(),
+        ),
+    };
+    let counter = portier
+        .gw
+        .metrics
+        .head_timeouts
+        .with_label_values(&[listener]);
+    let proxy = pingora::proxy::http_proxy(conf, portier);
+    pingora::services::listening::Service::new(
+        name.to_string(),
+        Guarded {
+            inner: Arc::new(proxy),
+            timeout: Timeout {
+                limit,
+                answer: answer.into(),
+                counter,
+            },
+        },
+    )
+}
+
 /// Builds the Pingora server for a config whose inputs are `sources`.
 pub fn build(cfg: &Config, sources: Sources) -> Result<Built, StartError> {
     build_with(cfg, sources, RunMode::default())
@@ -163,12 +202,13 @@ pub fn build_with(cfg: &Config, sources: Sources, mode: RunMode) -> Result<Built
     }
     let mut reservations = Vec::new();
     let mut bound = Bound::default();
-    let mut svc = pingora::proxy::http_proxy_service(
+    let mut svc = guarded_service(
         &server.configuration,
         Portier {
             gw: gateway.clone(),
             side: Side::Public,
         },
+        cfg.server.request_header_timeout,
     );
     for addr in &cfg.server.listen {
         let (addr, held) = reserve(*addr)?;
@@ -178,12 +218,13 @@ pub fn build_with(cfg: &Config, sources: Sources, mode: RunMode) -> Result<Built
     }
     server.add_service(svc);
     if let Some(egress) = &cfg.egress {
-        let mut svc = pingora::proxy::http_proxy_service(
+        let mut svc = guarded_service(
             &server.configuration,
             Portier {
                 gw: gateway.clone(),
                 side: Side::Egress,
             },
+            cfg.server.request_header_timeout,
         );
         let (addr, held) = reserve(egress.listen)?;
         listen_on(&mut svc, addr, held.is_some());

@@ -339,6 +339,13 @@ impl Checker<'_> {
                 "must be at least 1 (0 would wait for a stalled client forever)",
             );
         }
+        if raw.request_header_timeout_seconds == 0 {
+            self.err(
+                listen_at,
+                "server.request_header_timeout_seconds",
+                "must be at least 1 (0 would let a client hold a connection with a head it never finishes)",
+            );
+        }
         let mut trusted_proxies = Vec::new();
         if let Some(tp) = raw.trusted_proxies.take() {
             let at = tp.span().start;
@@ -360,6 +367,7 @@ impl Checker<'_> {
             graceful_shutdown_timeout: Duration::from_secs(raw.graceful_shutdown_timeout_seconds),
             upgrade_sock: PathBuf::from(&raw.upgrade_sock),
             body_idle_timeout: Duration::from_secs(raw.body_idle_timeout_seconds.max(1)),
+            request_header_timeout: Duration::from_secs(raw.request_header_timeout_seconds.max(1)),
         };
         (settings, trusted_proxies)
     }

@@ -355,6 +355,14 @@ pub(super) struct RawServer {
     /// connection) for this long is answered 408 and disconnected.
     #[serde(default = "default_body_idle")]
     pub(super) body_idle_timeout_seconds: u64,
+    /// A request head must arrive whole within this long of its first byte (of the accept,
+    /// for a connection's first request): slow-loris clients are cut.
+    #[serde(default = "default_header_timeout")]
+    pub(super) request_header_timeout_seconds: u64,
+}
+
+pub(super) fn default_header_timeout() -> u64 {
+    10
 }
 
 pub(super) fn default_body_idle() -> u64 {
@@ -375,6 +383,7 @@ impl Default for RawServer {
             trusted_proxies: None,
             upgrade_sock: default_upgrade_sock(),
             body_idle_timeout_seconds: default_body_idle(),
+            request_header_timeout_seconds: default_header_timeout(),
         }
     }
 }

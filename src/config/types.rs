@@ -235,6 +235,9 @@ pub struct ServerSettings {
     pub upgrade_sock: PathBuf,
     /// The longest wait for the next byte of a request body.
     pub body_idle_timeout: Duration,
+    /// The longest a request head may take from its first byte (from the accept, for a
+    /// connection's first request).
+    pub request_header_timeout: Duration,
 }
 
 /// The checked configuration.

@@ -24,6 +24,11 @@ impl S3Error {
         403,
         "Access Denied by this service's egress rules",
     );
+    pub const REQUEST_TIMEOUT: S3Error = S3Error::new(
+        "RequestTimeout",
+        400,
+        "Your socket connection to the server was not read from or written to within the timeout period",
+    );
     pub const NO_SUCH_BUCKET: S3Error =
         S3Error::new("NoSuchBucket", 404, "The specified bucket does not exist");
     pub const NOT_IMPLEMENTED: S3Error = S3Error::new(
@@ -78,6 +83,22 @@ impl S3Error {
     );
 
     /// The XML error document.
+    /// A whole HTTP/1.1 answer with this error, closing the connection (written below
+    /// Pingora's HTTP layer, for a request head that never ended).
+    pub fn raw_response(&self) -> Vec<u8> {
+        let body = self.document("portier");
+        format!(
+            "HTTP/1.1 {} {}\r\ncontent-type: application/xml\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+            self.status,
+            http::StatusCode::from_u16(self.status)
+                .ok()
+                .and_then(|s| s.canonical_reason())
+                .unwrap_or(""),
+            body.len()
+        )
+        .into_bytes()
+    }
+
     pub fn document(&self, request_id: &str) -> String {
         format!(
             "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>{}</Code><Message>{}</Message><RequestId>{}</RequestId></Error>",

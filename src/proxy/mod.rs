@@ -39,6 +39,7 @@ use crate::admission::client_ip;
 use crate::admission::upstream::{prepare_upstream_headers, Forwarding};
 use crate::config::Credentials;
 use crate::decision_log::{rfc3339_now, DecisionRecord};
+use crate::head_deadline::HeadClock;
 use crate::error::Reason;
 use crate::state::Gateway;
 use admit::Admitted;
@@ -76,6 +77,10 @@ impl ProxyHttp for Portier {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        // The head is in: its deadline stops (the body has its own idle limit).
+        if let Some(clock) = HeadClock::of(session) {
+            clock.head_read();
+        }
         // Each read of the body (and of the next request on this connection) waits this long.
         session
             .as_mut()
@@ -369,11 +374,7 @@ impl ProxyHttp for Portier {
             let err = match (ctx.egress_error, e.etype()) {
                 (Some(err), _) => err,
                 (None, ErrorType::ReadTimedout) if e.esource() == &ErrorSource::Downstream => {
-                    S3Error::new(
-                        "RequestTimeout",
-                        400,
-                        "Your socket connection to the server was not read from or written to within the timeout period",
-                    )
+                    S3Error::REQUEST_TIMEOUT
                 }
                 (
                     None,
@@ -460,6 +461,10 @@ impl ProxyHttp for Portier {
     }
 
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Ctx) {
+        // A next request on this connection gets a fresh head deadline from its first byte.
+        if let Some(clock) = HeadClock::of(session) {
+            clock.request_done();
+        }
         let gw = &self.gw;
         if self.side == Side::Egress {
             return self.log_egress(session, ctx);

@@ -580,3 +580,133 @@ access = "public"
         "counted as an error, not a policy denial"
     );
 }
+
+/// Slow-loris clients: a request head that trickles in (a byte every 300 ms), or never starts,
+/// is answered 408 `client_timeout` and the connection closed once
+/// `server.request_header_timeout_seconds` has passed, and counted; other clients are served
+/// meanwhile; a kept-alive connection idle between requests, and a slow body, are not cut by
+/// the head deadline.
+#[test]
+fn slow_request_heads_are_cut_with_408_and_counted() {
+    use std::io::{Read, Write};
+    use std::time::{Duration, Instant};
+    let jwks = JwksServer::start(vec![issuer().jwk()]);
+    let app = Upstream::start();
+    let mut s = Setup::new(&jwks, &app, &app);
+    s.server_extra = "request_header_timeout_seconds = 1\nbody_idle_timeout_seconds = 5".into();
+    s.admin = Some(any_port());
+    s.policies.push_str(
+        "\n[[route]]\nname = \"open\"\npath = \"/open/{rest..}\"\nmethods = [\"GET\", \"POST\"]\nupstream = \"app\"\naccess = \"public\"\n",
+    );
+    let p = s.start();
+    let connect = || {
+        let c = std::net::TcpStream::connect(p.addr).expect("connect");
+        c.set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        c
+    };
+    // A head trickled a byte at a time, on its own thread.
+    let addr = p.addr;
+    let trickler = std::thread::spawn(move || {
+        let mut c = std::net::TcpStream::connect(addr).expect("connect");
+        let t = Instant::now();
+        let head = b"GET /open/slow HTTP/1.1\r\nHost: portier.test\r\nX-Padding: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n\r\n";
+        let mut sent = 0;
+        for b in head {
+            if c.write_all(&[*b]).is_err() {
+                break;
+            }
+            sent += 1;
+            std::thread::sleep(Duration::from_millis(300));
+            if t.elapsed() > Duration::from_secs(6) {
+                break;
+            }
+        }
+        let mut buf = Vec::new();
+        c.set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        let _ = c.read_to_end(&mut buf);
+        (t.elapsed(), sent, buf)
+    });
+    // A connection that never sends a byte.
+    let mut silent = connect();
+    let t = Instant::now();
+    // Meanwhile others are served, and a kept-alive connection may idle between requests
+    // longer than the head deadline.
+    let mut kept = connect();
+    let req = b"GET /open/a HTTP/1.1\r\nHost: portier.test\r\n\r\n";
+    kept.write_all(req).expect("send");
+    let first = read_one_response(&mut kept);
+    assert!(first.starts_with("HTTP/1.1 200"), "{first}");
+    for i in 0..5 {
+        assert_eq!(get(p.addr, &format!("/open/ok-{i}"), &[]).status, 200);
+    }
+    let mut buf = Vec::new();
+    let _ = silent.read_to_end(&mut buf);
+    let r = parse(&buf);
+    assert_eq!((r.status, r.reason().as_str()), (408, "client_timeout"));
+    let took = t.elapsed();
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(4),
+        "a silent connection is cut after the 1 s head deadline: {took:?}"
+    );
+    std::thread::sleep(Duration::from_millis(1500));
+    kept.write_all(b"GET /open/b HTTP/1.1\r\nHost: portier.test\r\nConnection: close\r\n\r\n")
+        .expect("send after idling");
+    let second = read_one_response(&mut kept);
+    assert!(second.starts_with("HTTP/1.1 200"), "{second}");
+    // A body slower than the head deadline (but within the body idle limit) is fine.
+    let mut slow_body = connect();
+    slow_body
+        .write_all(b"POST /open/body HTTP/1.1\r\nHost: portier.test\r\nContent-Length: 6\r\nConnection: close\r\n\r\n")
+        .expect("head");
+    for part in [b"ab", b"cd", b"ef"] {
+        std::thread::sleep(Duration::from_millis(700));
+        slow_body.write_all(part).expect("body");
+    }
+    let mut buf = Vec::new();
+    let _ = slow_body.read_to_end(&mut buf);
+    assert_eq!(parse(&buf).status, 200, "a slow body is the body limit's business");
+    let (took, sent, buf) = trickler.join().expect("trickler");
+    let r = parse(&buf);
+    assert_eq!(
+        (r.status, r.reason().as_str()),
+        (408, "client_timeout"),
+        "after {sent} bytes in {took:?}"
+    );
+    assert!(took < Duration::from_secs(6), "cut, not served: {took:?}");
+    assert!(
+        !app.requests().iter().any(|s| s.path == "/open/slow"),
+        "the trickled request never reached the upstream"
+    );
+    let metrics = get(p.admin.expect("admin"), "/metrics", &[]).body;
+    assert!(
+        metrics.contains("portier_request_head_timeouts_total{listener=\"public\"} 2"),
+        "{metrics}"
+    );
+}
+
+/// Reads one response (head and a `Content-Length` body) from a kept-alive connection.
+fn read_one_response(c: &mut std::net::TcpStream) -> String {
+    use std::io::Read;
+    let mut buf = Vec::new();
+    let mut byte = [0u8; 1];
+    while !buf.ends_with(b"\r\n\r\n") {
+        match c.read(&mut byte) {
+            Ok(1) => buf.push(byte[0]),
+            _ => break,
+        }
+    }
+    let head = String::from_utf8_lossy(&buf).to_string();
+    let len = head
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("content-length")
+                .then(|| v.trim().parse::<usize>().ok())?
+        })
+        .unwrap_or(0);
+    let mut body = vec![0u8; len];
+    let _ = c.read_exact(&mut body);
+    head + &String::from_utf8_lossy(&body)
+}
