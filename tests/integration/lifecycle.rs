@@ -65,12 +65,24 @@ struct Load {
     /// closed before any byte of an answer: what HTTP clients do for idempotent requests
     /// (RFC 9112 9.3.1); counted, not failed.
     retried: u64,
+    /// Connections refused (the listener was closed): what a load balancer moves on from.
+    refused: u64,
     worst: Duration,
     latencies: Vec<Duration>,
     errors: Vec<String>,
 }
 
 impl Load {
+    fn add(&mut self, l: Load) {
+        self.sent += l.sent;
+        self.failed += l.failed;
+        self.retried += l.retried;
+        self.refused += l.refused;
+        self.worst = self.worst.max(l.worst);
+        self.latencies.extend(l.latencies);
+        self.errors.extend(l.errors);
+    }
+
     fn p99(&self) -> Duration {
         let mut l = self.latencies.clone();
         l.sort();
@@ -84,13 +96,24 @@ impl Load {
 /// `stop` (or `max` requests).
 fn load(addr: SocketAddr, path: &str, stop: Arc<AtomicBool>, max: u64) -> Load {
     let mut out = Load::default();
-    let request = format!("GET {path} HTTP/1.1\r\nHost: portier.test\r\n\r\n");
+    // Every request has its own path (`<path>/<n>`), so a failed one can be looked up in the
+    // decision log.
+    let seq = std::cell::Cell::new(0u64);
+    let next_path = || {
+        seq.set(seq.get() + 1);
+        format!("{path}/{}", seq.get())
+    };
+    let current = std::cell::RefCell::new(String::new());
     let connect = || -> std::io::Result<BufReader<TcpStream>> {
         let s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
         s.set_read_timeout(Some(Duration::from_secs(10)))?;
         Ok(BufReader::new(s))
     };
     let once = |conn: &mut BufReader<TcpStream>| -> std::io::Result<(u16, bool)> {
+        let request = format!(
+            "GET {} HTTP/1.1\r\nHost: portier.test\r\n\r\n",
+            current.borrow()
+        );
         conn.get_mut().write_all(request.as_bytes())?;
         read_response(conn)
     };
@@ -100,6 +123,11 @@ fn load(addr: SocketAddr, path: &str, stop: Arc<AtomicBool>, max: u64) -> Load {
         let per_conn = if round.is_multiple_of(2) { 20 } else { 1 };
         let mut conn = match connect() {
             Ok(c) => c,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                out.refused += 1;
+                std::thread::sleep(Duration::from_millis(5));
+                continue;
+            }
             Err(e) => {
                 out.sent += 1;
                 out.failed += 1;
@@ -112,6 +140,7 @@ fn load(addr: SocketAddr, path: &str, stop: Arc<AtomicBool>, max: u64) -> Load {
                 break;
             }
             out.sent += 1;
+            *current.borrow_mut() = next_path();
             let t = Instant::now();
             let mut result = once(&mut conn);
             if result.is_err() && i > 0 {
@@ -133,12 +162,19 @@ fn load(addr: SocketAddr, path: &str, stop: Arc<AtomicBool>, max: u64) -> Load {
                 }
                 Ok((status, _)) => {
                     out.failed += 1;
-                    out.errors.push(format!("status {status}"));
+                    out.errors
+                        .push(format!("{}: status {status}", current.borrow()));
+                    break;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                    // The resend found the listener closed: never sent, not failed.
+                    out.sent -= 1;
+                    out.refused += 1;
                     break;
                 }
                 Err(e) => {
                     out.failed += 1;
-                    out.errors.push(format!("{e}"));
+                    out.errors.push(format!("{}: {e}", current.borrow()));
                     break;
                 }
             }
@@ -231,24 +267,103 @@ fn an_upgrade_under_load_fails_no_request() {
         let l = l.join().expect("load");
         total.sent += l.sent;
         total.failed += l.failed;
-        total.retried += l.retried;
-        total.worst = total.worst.max(l.worst);
-        total.latencies.extend(l.latencies);
-        total.errors.extend(l.errors);
+        total.add(l);
     }
     eprintln!(
-        "upgrade under load: {} requests, {} failed, {} resent on a fresh connection, p99 {:?}, slowest {:?}",
+        "upgrade under load: {} requests, {} failed, {} refused, {} resent on a fresh connection, p99 {:?}, slowest {:?}",
         total.sent,
         total.failed,
+        total.refused,
         total.retried,
         total.p99(),
         total.worst
     );
     assert!(total.sent > 200, "{total:?}");
     assert_eq!(total.failed, 0, "{:?}", total.errors);
+    assert_eq!(total.refused, 0, "the sockets were never closed");
     assert!(
         new.wait_exit(Duration::from_millis(10)).is_none(),
         "the new process serves"
     );
     assert_eq!(raw(addr, "GET", "/work/after", &[]).status, 200);
+}
+
+/// A plain restart under load (SIGTERM, then a new process on the same port): every request
+/// Portier accepted is answered, the slow ones in flight at SIGTERM included; while no
+/// process listens, connections are refused (what a load balancer moves on from), never
+/// accepted and dropped; the old process exits once drained.
+#[test]
+fn a_restart_under_load_answers_every_request_it_accepted() {
+    let (_jwks, _app, mut setup) = setup(10, None);
+    let log_dir = TempDir::new();
+    setup.decision_log = log_dir.0.join("decisions.jsonl");
+    let mut old = PortierProcess::start(setup);
+    let addr = old.addr;
+    let stop = Arc::new(AtomicBool::new(false));
+    let loads: Vec<_> = (0..2)
+        .map(|i| {
+            let stop = stop.clone();
+            std::thread::spawn(move || load(addr, &format!("/work/x{i}"), stop, 200_000))
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    // Three requests the upstream answers after 1.5 s, in flight at SIGTERM.
+    let slow: Vec<_> = (0..3)
+        .map(|i| std::thread::spawn(move || raw(addr, "GET", &format!("/work/slow/{i}"), &[])))
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let t = Instant::now();
+    old.signal("TERM");
+    let status = old
+        .wait_exit(Duration::from_secs(15))
+        .expect("the old process exited");
+    let drained = t.elapsed();
+    assert!(status.success(), "{status:?}");
+    // The new process, on the same config and port.
+    let _new = old.another(&[]);
+    assert!(portier::server::wait_listening(
+        addr,
+        Duration::from_secs(15)
+    ));
+    let restarted = t.elapsed();
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, Ordering::Relaxed);
+    let mut total = Load::default();
+    for l in loads {
+        total.add(l.join().expect("load"));
+    }
+    let slow: Vec<u16> = slow
+        .into_iter()
+        .map(|h| h.join().expect("slow").status)
+        .collect();
+    eprintln!(
+        "restart under load: {} requests, {} failed {:?}, {} connections refused while no process listened, {} resent; in flight at SIGTERM: {slow:?}; old process exited after {drained:?}, new one listening after {restarted:?}",
+        total.sent, total.failed, total.errors, total.refused, total.retried
+    );
+    assert_eq!(
+        slow,
+        vec![200, 200, 200],
+        "requests in flight were answered"
+    );
+    assert!(total.sent > 100, "{total:?}");
+    // A connection the kernel completed in the listen backlog as the old listener closed is
+    // reset by the kernel: its request was never read by Portier (every request Portier reads
+    // is in its decision log, flushed at exit), and no request Portier read went unanswered.
+    let log = std::fs::read_to_string(log_dir.0.join("decisions.jsonl")).expect("decision log");
+    for e in &total.errors {
+        let path = e.split(':').next().unwrap_or("");
+        assert!(
+            !log.contains(&format!("\"path\":\"{path}\"")),
+            "{path} was read by Portier and not answered: {e}"
+        );
+    }
+    assert!(
+        total.failed * 100 < total.sent,
+        "resets in the backlog are rare: {:?}",
+        total.errors
+    );
+    assert!(
+        drained < Duration::from_secs(5),
+        "exits once drained, well before the 10 s grace period: {drained:?}"
+    );
 }
