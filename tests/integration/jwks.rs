@@ -117,22 +117,23 @@ fn rotation_is_picked_up_and_retired_keys_stop_working() {
     let _ = Arc::strong_count(&w.portier.gateway);
 }
 
-/// A key server that hangs delays only the requests that need it (an unknown kid), never
-/// those whose key is cached.
+/// A key server that hangs (30 s) delays only the requests that need it (an unknown kid), and
+/// those only up to `fetch_timeout_ms`; never those whose key is cached.
 #[test]
 fn a_hanging_key_server_does_not_delay_requests_with_cached_keys() {
-    let w = World::start();
+    let w = World::start_with(|s| s.jwks_extra = "fetch_timeout_ms = 2000".into());
     assert_eq!(w.get_as("/api/books/1", &token("user_a")).status, 200);
-    w.jwks.delay_ms.store(3000, Ordering::SeqCst);
+    w.jwks.delay_ms.store(30_000, Ordering::SeqCst);
     let addr = w.portier.addr;
     let unknown = issuer2().token(&issuer2().claims("user_b", AZP, 60));
     let waiting = std::thread::spawn(move || {
-        get(
+        let t = std::time::Instant::now();
+        let r = get(
             addr,
             "/api/books/1",
             &[("Authorization", &bearer(&unknown))],
-        )
-        .status
+        );
+        (r.status, r.reason(), t.elapsed())
     });
     std::thread::sleep(std::time::Duration::from_millis(100));
     let t = std::time::Instant::now();
@@ -146,10 +147,15 @@ fn a_hanging_key_server_does_not_delay_requests_with_cached_keys() {
         "cached-key requests waited: {:?}",
         t.elapsed()
     );
-    assert_ne!(
-        waiting.join().expect("join"),
-        200,
-        "the unknown kid is not accepted"
+    let (status, reason, took) = waiting.join().expect("join");
+    assert_eq!(
+        (status, reason.as_str()),
+        (503, "jwks_unavailable"),
+        "a kid no key server answered for is not the client's fault: 503, once the fetch gives up"
+    );
+    assert!(
+        took < std::time::Duration::from_secs(10),
+        "bounded by fetch_timeout_ms, not the 30 s hang: {took:?}"
     );
     w.jwks.delay_ms.store(0, Ordering::SeqCst);
 }
