@@ -57,6 +57,18 @@ SEEDS = {
         jwt({"alg": "HS256", "kid": "ins_fuzz"}, {"sub": "user_x"}),
         jwt({"alg": "RS256", "kid": "ins_fuzz", "typ": "JWT", "cat": "cl_B7d4PD111AAA"},
             {"sub": "user_x", "sid": "sess_x", "exp": 1e30, "act": {"sub": "user_y"}, "fea": "o:a,u:b"}),
+        # Claims (JSON) the target signs with the instance key: the claim rules decide.
+        json.dumps({"iss": "https://clerk.fuzz.test", "sub": "user_2abc", "sid": "sess_1",
+                    "exp": 4000000000, "nbf": 1, "iat": 1, "v": 2, "pla": "u:pro,o:business",
+                    "fea": "o:reservations,u:dashboard", "azp": "https://app.fuzz.test",
+                    "o": {"id": "org_1", "slg": "acme", "rol": "admin", "per": "read,manage",
+                          "fpm": "3"}}).encode(),
+        json.dumps({"iss": "https://clerk.fuzz.test", "sub": "user_2abc", "sid": "sess_1",
+                    "exp": 4000000000, "org_id": "org_2", "org_role": "org:member",
+                    "org_permissions": ["org:posts:edit"], "sts": "active",
+                    "metadata": {"subscription": "pro"}}).encode(),
+        json.dumps({"iss": "https://clerk.fuzz.test", "sub": "user_2abc", "sid": "sess_1",
+                    "exp": "4000000000"}).encode(),
     ],
     "webhook": [
         SEP.join([b"msg_1", b"1800000000", b"v1,YWJj v1,ZGVm", b"", b'{"type":"user.created"}']),
