@@ -24,20 +24,30 @@ use jsonwebtoken::DecodingKey;
 /// Largest JWKS document accepted; Clerk's holds one or two keys.
 const MAX_JWKS_BYTES: usize = 256 * 1024;
 
+/// Why no key set could be loaded. Sources are kept (behind `Arc`: one failed load is shared
+/// by every request that waited on it).
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum JwksError {
+    #[error("loading the system's CA roots for the JWKS client: {0}")]
+    Roots(#[source] Arc<std::io::Error>),
+    #[error("building the JWKS request: {0}")]
+    Request(#[source] Arc<http::Error>),
     #[error("fetching the JWKS failed: {0}")]
-    Fetch(String),
+    Transport(#[source] Arc<hyper_util::client::legacy::Error>),
+    #[error("reading the JWKS body failed (or it is over {MAX_JWKS_BYTES} bytes): {0}")]
+    Body(#[source] Arc<dyn std::error::Error + Send + Sync>),
+    #[error("the JWKS fetch did not finish within {0:?}")]
+    Timeout(Duration),
     #[error("the JWKS endpoint answered HTTP {0}")]
     Status(u16),
     #[error("the JWKS document is invalid: {0}")]
-    Parse(String),
+    Parse(#[source] Arc<serde_json::Error>),
     #[error("the JWKS holds no usable RS256 signing key")]
     NoKeys,
     #[error("backing off after a failed fetch")]
     Backoff,
     #[error("the PEM key is invalid: {0}")]
-    Pem(String),
+    Pem(#[source] Arc<jsonwebtoken::errors::Error>),
 }
 
 /// Why no key was returned for a token.
@@ -77,7 +87,7 @@ impl KeySet {
     /// Parses a JWKS document, keeping RSA keys meant for RS256 signatures.
     pub fn from_jwks(body: &[u8]) -> Result<KeySet, JwksError> {
         let set: JwkSet =
-            serde_json::from_slice(body).map_err(|e| JwksError::Parse(e.to_string()))?;
+            serde_json::from_slice(body).map_err(|e| JwksError::Parse(Arc::new(e)))?;
         let mut by_kid = HashMap::new();
         for jwk in &set.keys {
             let Some(kid) = jwk.common.key_id.clone() else {
@@ -111,7 +121,7 @@ impl KeySet {
 
     /// A single RSA public key in PEM form, used whatever kid a token names.
     pub fn from_pem(pem: &[u8]) -> Result<KeySet, JwksError> {
-        let key = DecodingKey::from_rsa_pem(pem).map_err(|e| JwksError::Pem(e.to_string()))?;
+        let key = DecodingKey::from_rsa_pem(pem).map_err(|e| JwksError::Pem(Arc::new(e)))?;
         Ok(KeySet {
             by_kid: HashMap::new(),
             any: Some(Arc::new(key)),
@@ -180,7 +190,7 @@ impl JwksCache {
             JwksSource::Remote { .. } => {
                 let https = hyper_rustls::HttpsConnectorBuilder::new()
                     .with_native_roots()
-                    .map_err(|e| JwksError::Fetch(format!("loading system CA roots: {e}")))?
+                    .map_err(|e| JwksError::Roots(Arc::new(e)))?
                     .https_or_http()
                     .enable_http1()
                     .build();
@@ -286,7 +296,7 @@ impl JwksCache {
         self.stats.fetches.fetch_add(1, Ordering::Relaxed);
         let result = tokio::time::timeout(self.timing.fetch_timeout, self.fetch())
             .await
-            .unwrap_or_else(|_| Err(JwksError::Fetch("timed out".into())));
+            .unwrap_or_else(|_| Err(JwksError::Timeout(self.timing.fetch_timeout)));
         match result {
             Ok(set) => {
                 let set = Arc::new(set);
@@ -320,18 +330,18 @@ impl JwksCache {
         }
         let req = req
             .body(Empty::<Bytes>::new())
-            .map_err(|e| JwksError::Fetch(e.to_string()))?;
+            .map_err(|e| JwksError::Request(Arc::new(e)))?;
         let resp = client
             .request(req)
             .await
-            .map_err(|e| JwksError::Fetch(e.to_string()))?;
+            .map_err(|e| JwksError::Transport(Arc::new(e)))?;
         if !resp.status().is_success() {
             return Err(JwksError::Status(resp.status().as_u16()));
         }
         let body = Limited::new(resp.into_body(), MAX_JWKS_BYTES)
             .collect()
             .await
-            .map_err(|e| JwksError::Fetch(e.to_string()))?
+            .map_err(|e| JwksError::Body(Arc::from(e)))?
             .to_bytes();
         KeySet::from_jwks(&body)
     }

@@ -92,10 +92,14 @@ pub enum SecretError {
 }
 
 /// The replay store could not answer; the caller decides whether that refuses the request.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, thiserror::Error)]
 pub enum ReplayError {
+    #[error("invalid redis url: {0}")]
+    InvalidUrl(#[source] redis::RedisError),
     #[error("replay store unavailable: {0}")]
-    Unavailable(String),
+    Redis(#[source] redis::RedisError),
+    #[error("replay store did not answer within {0:?}")]
+    Timeout(Duration),
 }
 
 /// One or more HMAC keys. Several are accepted at once so a secret can be rotated without a
@@ -360,10 +364,9 @@ pub struct RedisReplayStore {
 
 impl RedisReplayStore {
     pub fn new(url: &str, timeout: Duration) -> Result<Self, ReplayError> {
-        let client =
-            redis::Client::open(url).map_err(|e| ReplayError::Unavailable(e.to_string()))?;
-        let conn = super::ratelimit::lazy_connection(client, timeout)
-            .map_err(|e| ReplayError::Unavailable(e.to_string()))?;
+        let client = redis::Client::open(url).map_err(ReplayError::InvalidUrl)?;
+        let conn =
+            super::ratelimit::lazy_connection(client, timeout).map_err(ReplayError::Redis)?;
         Ok(RedisReplayStore {
             conn,
             timeout,
@@ -385,8 +388,8 @@ impl ReplayStore for RedisReplayStore {
             .arg(ms);
         let reply: Option<String> = tokio::time::timeout(self.timeout, cmd.query_async(&mut conn))
             .await
-            .map_err(|_| ReplayError::Unavailable("timed out".into()))?
-            .map_err(|e| ReplayError::Unavailable(e.to_string()))?;
+            .map_err(|_| ReplayError::Timeout(self.timeout))?
+            .map_err(ReplayError::Redis)?;
         Ok(reply.is_some())
     }
 
@@ -396,8 +399,8 @@ impl ReplayStore for RedisReplayStore {
         cmd.arg(format!("{}{id}", self.prefix));
         let _: i64 = tokio::time::timeout(self.timeout, cmd.query_async(&mut conn))
             .await
-            .map_err(|_| ReplayError::Unavailable("timed out".into()))?
-            .map_err(|e| ReplayError::Unavailable(e.to_string()))?;
+            .map_err(|_| ReplayError::Timeout(self.timeout))?
+            .map_err(ReplayError::Redis)?;
         Ok(())
     }
 }
