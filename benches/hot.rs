@@ -406,7 +406,7 @@ fn bench_assertion(c: &mut Criterion) {
             ttl: Duration::from_secs(120),
             jwks_max_age: Duration::from_secs(300),
             public_jwks_path: None,
-            cache_capacity: capacity,
+            cache_max_bytes: capacity,
             keys: vec![AssertionKey {
                 kid: "k1".into(),
                 source: KeySource::File(dir.join(file)),
@@ -424,11 +424,11 @@ fn bench_assertion(c: &mut Criterion) {
         path: "/api/books/42",
     };
     let now = 1_900_000_000;
-    let cached = signer("ec.pem", 1000);
+    let cached = signer("ec.pem", 1 << 20);
     // Misses: each call is 61 s later than the last, past the reuse window of the one
     // before, so it signs (and inserts), as a new caller or path does.
-    let es256 = signer("ec.pem", 1000);
-    let eddsa = signer("ed.pem", 1000);
+    let es256 = signer("ec.pem", 1 << 20);
+    let eddsa = signer("ed.pem", 1 << 20);
     cached.assertion(&id, b, now).expect("warm");
     let mut g = c.benchmark_group("assertion");
     g.bench_function("cache_hit", |bn| {

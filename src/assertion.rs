@@ -328,7 +328,10 @@ impl Signer {
             active,
             rng: SystemRandom::new(),
             cache: moka::sync::Cache::builder()
-                .max_capacity(config.cache_capacity)
+                .weigher(|k: &Vec<u8>, v: &Arc<(String, i64)>| {
+                    u32::try_from(k.len() + v.0.len() + 64).unwrap_or(u32::MAX)
+                })
+                .max_capacity(config.cache_max_bytes)
                 .time_to_live(reuse)
                 .build(),
             jwks,
@@ -411,7 +414,7 @@ mod tests {
             ttl: Duration::from_secs(120),
             jwks_max_age: Duration::from_secs(300),
             public_jwks_path: None,
-            cache_capacity: 1000,
+            cache_max_bytes: 1 << 20,
             keys,
         }
     }
@@ -534,6 +537,30 @@ mod tests {
         let (d, src) = s.assertion(&someone, B, 1_062).expect("d");
         assert_eq!(src, Source::Signed);
         assert_eq!(parts(&d).1["sub"], "user_other");
+    }
+
+    #[test]
+    fn the_cache_of_assertions_is_bounded_in_bytes() {
+        // One caller on many distinct paths (a `{rest..}` route) makes one entry per path.
+        let mut cfg = config(vec![]);
+        cfg.cache_max_bytes = 64 * 1024;
+        let s = Signer::ephemeral(&cfg, "k1").expect("signer");
+        let id = identity();
+        let paths: Vec<String> = (0..2000).map(|i| format!("/api/books/{i}")).collect();
+        for p in &paths {
+            s.assertion(&id, Binding { path: p, ..B }, 1_000)
+                .expect("sign");
+        }
+        s.cache.run_pending_tasks();
+        assert!(
+            s.cache.weighted_size() <= 64 * 1024,
+            "{} bytes cached",
+            s.cache.weighted_size()
+        );
+        assert!(
+            s.cache.entry_count() > 10,
+            "recent assertions are still kept"
+        );
     }
 
     #[test]

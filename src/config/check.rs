@@ -304,7 +304,7 @@ impl Checker<'_> {
             ttl: Duration::from_secs(ttl),
             jwks_max_age: Duration::from_secs(max_age),
             public_jwks_path,
-            cache_capacity: a.cache_capacity,
+            cache_max_bytes: a.cache_max_bytes,
             keys,
         })
     }

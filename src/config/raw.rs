@@ -68,7 +68,7 @@ pub(super) struct RawAssertion {
     #[serde(default)]
     pub(super) public_jwks_path: Option<Spanned<String>>,
     #[serde(default = "default_assertion_cache")]
-    pub(super) cache_capacity: u64,
+    pub(super) cache_max_bytes: u64,
     #[serde(default)]
     pub(super) keys: Vec<Spanned<RawAssertionKey>>,
 }
@@ -95,7 +95,7 @@ pub(super) fn default_jwks_max_age() -> Spanned<u64> {
     Spanned::new(0..0, 300)
 }
 pub(super) fn default_assertion_cache() -> u64 {
-    100_000
+    32 * 1024 * 1024
 }
 
 /// `[egress]`: the listener internal services reach the bucket through.

@@ -292,8 +292,9 @@ pub struct AssertionConfig {
     pub jwks_max_age: Duration,
     /// Also publish the JWKS on the public listener at this path.
     pub public_jwks_path: Option<String>,
-    /// Assertions kept for reuse.
-    pub cache_capacity: u64,
+    /// Bytes of assertions (and their cache keys) kept for reuse: bounded in bytes, since
+    /// one caller on many distinct paths makes one entry per path.
+    pub cache_max_bytes: u64,
     /// Every published key; exactly one is `active` (signs).
     pub keys: Vec<AssertionKey>,
 }

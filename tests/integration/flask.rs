@@ -330,7 +330,7 @@ upstream = "next"
     .into();
     let assertion_section = |keys: &[(&str, &std::path::Path, bool)]| {
         let mut s = String::from(
-            "[assertion]\nupstreams = [\"app\", \"next\"]\nttl_seconds = 120\njwks_max_age_seconds = 1\n",
+            "[assertion]\nupstreams = [\"app\", \"next\"]\nttl_seconds = 120\njwks_max_age_seconds = 1\npublic_jwks_path = \"/.well-known/portier-jwks.json\"\n",
         );
         for (kid, path, active) in keys {
             s.push_str(&format!(
@@ -349,6 +349,12 @@ upstream = "next"
     let r = get(admin, portier::assertion::JWKS_PATH, &[]);
     assert_eq!(r.status, 200);
     assert_eq!(r.header("cache-control"), Some("public, max-age=1"));
+    // The same document on the public listener at `public_jwks_path`, signed out.
+    let public = get(portier.addr, "/.well-known/portier-jwks.json", &[]);
+    assert_eq!(public.status, 200);
+    assert_eq!(public.header("cache-control"), Some("public, max-age=1"));
+    assert_eq!(public.body, r.body);
+    assert!(public.body.contains("\"kid\":\"old\""), "{}", public.body);
 
     let pro = token_with("user_2abc", json!({"pla": "u:pro"}));
     let free = token_with("user_free", json!({}));
@@ -361,7 +367,7 @@ upstream = "next"
             ttl: Duration::from_secs(120),
             jwks_max_age: Duration::from_secs(1),
             public_jwks_path: None,
-            cache_capacity: 10,
+            cache_max_bytes: 1 << 20,
             keys: vec![AssertionKey {
                 kid: "old".into(),
                 source: KeySource::File(rogue.clone()),
@@ -456,7 +462,7 @@ upstream = "next"
             ttl: Duration::from_secs(120),
             jwks_max_age: Duration::from_secs(1),
             public_jwks_path: None,
-            cache_capacity: 10,
+            cache_max_bytes: 1 << 20,
             keys: vec![AssertionKey {
                 kid: kid.into(),
                 source: KeySource::File(file.to_path_buf()),
