@@ -92,6 +92,11 @@ impl Checker<'_> {
             pages,
         } = raw;
         let (server, trusted_proxies) = self.server(server);
+        let publishable_key = clerk
+            .get_ref()
+            .publishable_key
+            .as_ref()
+            .map(|k| k.get_ref().clone());
         let (verifier, jwks_source, jwks_timing) = self.clerk(clerk, &base);
         let headers = self.identity_headers(identity_headers);
         let upstreams = self.upstreams(upstreams);
@@ -102,9 +107,17 @@ impl Checker<'_> {
         let rate_limit = self.rate_limit(rate_limit);
         let webhooks = self.webhooks(webhooks);
         let s3 = s3.and_then(|s| self.s3(s, &base));
-        let egress = egress.and_then(|e| self.egress(e, s3.as_ref()));
+        let mut taken: Vec<(&str, SocketAddr)> = server
+            .listen
+            .iter()
+            .map(|a| ("server.listen", *a))
+            .collect();
+        if let Some(a) = admin_listen {
+            taken.push(("admin.listen", a));
+        }
+        let egress = egress.and_then(|e| self.egress(e, s3.as_ref(), &taken));
         let assertion = assertion.and_then(|a| self.assertion(a, &upstreams, &base));
-        let pages = self.pages(pages);
+        let pages = self.pages(pages, publishable_key.as_deref());
         if self.diags.has_errors() {
             return Err(self.diags.sorted());
         }
@@ -140,18 +153,13 @@ impl Checker<'_> {
         })
     }
 
-    fn pages(&mut self, raw: RawPages) -> PagesConfig {
+    fn pages(&mut self, raw: RawPages, publishable_key: Option<&str>) -> PagesConfig {
         let mut url = |v: Option<Spanned<String>>, key: &str| {
             let v = v?;
             let at = v.span().start;
             let v = v.into_inner();
-            let path_ok = v.starts_with('/') && !v.starts_with("//") && !v.contains('\\');
-            let abs_ok = v
-                .parse::<http::Uri>()
-                .ok()
-                .is_some_and(|u| u.scheme_str() == Some("https") && u.host().is_some());
-            if !path_ok && !abs_ok {
-                self.err(at, key, "a path on this site (/sign-in) or an https:// URL");
+            if let Err(e) = crate::admission::pages::check_redirect_target(&v) {
+                self.err(at, key, e);
                 return None;
             }
             Some(v)
@@ -177,10 +185,18 @@ impl Checker<'_> {
                 None
             }
         });
+        // A key that names no Frontend API is reported by the [clerk] check.
+        let instance = publishable_key.and_then(|pk| {
+            crate::auth::token::frontend_api_of(pk).map(|frontend_api| ClerkInstance {
+                development: !pk.starts_with("pk_live_"),
+                frontend_api,
+            })
+        });
         PagesConfig {
             sign_in_url,
             upgrade_url,
             public_origin,
+            instance,
         }
     }
 
@@ -835,21 +851,52 @@ impl Checker<'_> {
         webhooks
     }
 
-    fn egress(&mut self, raw: Spanned<RawEgress>, s3: Option<&S3Config>) -> Option<EgressConfig> {
-        use crate::egress::ops::{KeyGlob, Permission, Rule};
+    /// `[egress]`. `taken` are the other listeners' addresses (`server.listen`, `admin.listen`):
+    /// the egress listener cannot share a port with one of them.
+    fn egress(
+        &mut self,
+        raw: Spanned<RawEgress>,
+        s3: Option<&S3Config>,
+        taken: &[(&str, SocketAddr)],
+    ) -> Option<EgressConfig> {
+        use super::egress_rules::{KeyGlob, Permission, Rule};
         let at = raw.span().start;
         let e = raw.into_inner();
+        let listen_at = e.listen.span().start;
         let listen = match e.listen.get_ref().parse::<SocketAddr>() {
             Ok(a) => Some(a),
             Err(_) => {
                 self.err(
-                    e.listen.span().start,
+                    listen_at,
                     "egress.listen",
                     format!("{:?} is not an address:port", e.listen.get_ref()),
                 );
                 None
             }
         };
+        if let Some(a) = listen {
+            // The same port on the same address, or on a wildcard address, cannot be bound twice.
+            // Port 0 is a port the system picks for each listener: never the same one.
+            let clash = |b: &SocketAddr| {
+                a.port() != 0
+                    && a.port() == b.port()
+                    && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
+            };
+            for (key, other) in taken {
+                if clash(other) {
+                    self.err(
+                        listen_at,
+                        "egress.listen",
+                        format!("{a} is also {key}: the egress listener needs its own port"),
+                    );
+                }
+            }
+        }
+        if let Some(b) = &e.bucket {
+            if let Err(err) = crate::s3::sign::check_bucket_name(b.get_ref()) {
+                self.err(b.span().start, "egress.bucket", err.to_string());
+            }
+        }
         let Some(s3) = s3 else {
             self.err(
                 at,
@@ -867,21 +914,22 @@ impl Checker<'_> {
             let sat = svc.span().start;
             let svc = svc.into_inner();
             let key = format!("egress.services.{name}");
-            let ak = &svc.access_key_id;
+            let ak_at = svc.access_key_id.span().start;
+            let ak = svc.access_key_id.into_inner();
             if ak.len() < 16
                 || !ak
                     .bytes()
                     .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit())
             {
                 self.err(
-                    sat,
+                    ak_at,
                     &format!("{key}.access_key_id"),
                     "16 or more upper-case letters and digits, like an AWS access key id",
                 );
             }
             if !key_ids.insert(ak.clone()) {
                 self.err(
-                    sat,
+                    ak_at,
                     &format!("{key}.access_key_id"),
                     format!("{ak:?} is used by another service"),
                 );
@@ -903,12 +951,14 @@ impl Checker<'_> {
             let mut rules = Vec::new();
             for (i, r) in svc.allow.into_iter().enumerate() {
                 let rkey = format!("{key}.allow[{i}]");
+                let ops_at = r.operations.span().start;
+                let keys_at = r.keys.span().start;
                 let mut permissions = Vec::new();
-                for op in &r.operations {
+                for op in r.operations.get_ref() {
                     match Permission::parse(op) {
                         Some(ps) => permissions.extend(ps),
                         None => self.err(
-                            sat,
+                            ops_at,
                             &format!("{rkey}.operations"),
                             format!("unknown operation {op:?} (GetObject, HeadObject, PutObject, DeleteObject, ListObjectsV2, read, write, delete, *)"),
                         ),
@@ -917,18 +967,29 @@ impl Checker<'_> {
                 permissions.sort();
                 permissions.dedup();
                 let mut keys = Vec::new();
-                for k in &r.keys {
+                for k in r.keys.get_ref() {
                     match KeyGlob::new(k) {
                         Ok(g) => keys.push(g),
-                        Err(m) => self.err(sat, &format!("{rkey}.keys"), format!("{k:?}: {m}")),
+                        Err(m) => self.err(keys_at, &format!("{rkey}.keys"), format!("{k:?}: {m}")),
                     }
                 }
-                if r.operations.is_empty() || r.keys.is_empty() {
-                    self.err(sat, &rkey, "a rule lists operations and keys");
+                if r.operations.get_ref().is_empty() {
+                    self.err(
+                        ops_at,
+                        &format!("{rkey}.operations"),
+                        "list at least one operation",
+                    );
+                }
+                if r.keys.get_ref().is_empty() {
+                    self.err(
+                        keys_at,
+                        &format!("{rkey}.keys"),
+                        "list at least one key pattern",
+                    );
                 }
                 let rule = Rule { permissions, keys };
                 if rules.contains(&rule) {
-                    self.err(sat, &rkey, "the same rule is listed twice");
+                    self.err(ops_at, &rkey, "the same rule is listed twice");
                 }
                 rules.push(rule);
             }
@@ -936,7 +997,7 @@ impl Checker<'_> {
                 name.clone(),
                 EgressService {
                     name,
-                    access_key_id: svc.access_key_id,
+                    access_key_id: ak,
                     secret_env: svc.secret_env,
                     rules,
                 },
@@ -944,7 +1005,10 @@ impl Checker<'_> {
         }
         Some(EgressConfig {
             listen: listen?,
-            bucket: e.bucket.unwrap_or_else(|| s3.target.bucket().to_string()),
+            bucket: e
+                .bucket
+                .map(Spanned::into_inner)
+                .unwrap_or_else(|| s3.target.bucket().to_string()),
             region: e.region.unwrap_or_else(|| s3.target.region().to_string()),
             services,
         })

@@ -57,8 +57,9 @@ pub fn unset_secrets(
     out
 }
 
-/// One warning per egress rule that another rule of the same service already covers (every
-/// permission it grants, on every key pattern it lists, written the same way).
+/// One warning per egress rule that another rule of the same service already covers: every
+/// permission it grants, on every key its patterns match (`GetObject` on `user_*/images/**`
+/// under `read` on `**`), see [`super::Rule::covered_by`].
 pub fn redundant_egress_rules(cfg: &Config, file: &Path, src: &str) -> Diagnostics {
     let mut out = Diagnostics::default();
     let Some(e) = &cfg.egress else {
@@ -68,10 +69,9 @@ pub fn redundant_egress_rules(cfg: &Config, file: &Path, src: &str) -> Diagnosti
         for (j, r) in svc.rules.iter().enumerate() {
             let covered_by = svc.rules.iter().enumerate().find(|(i, o)| {
                 *i != j
-                    && r.permissions.iter().all(|p| o.permissions.contains(p))
-                    && r.keys.iter().all(|k| o.keys.contains(k))
-                    // Of two equal rules only the second is reported.
-                    && (o != &r || *i < j)
+                    && r.covered_by(o)
+                    // Of two rules that cover each other only the second is reported.
+                    && (!o.covered_by(r) || *i < j)
             });
             if let Some((i, _)) = covered_by {
                 let header = format!("[[egress.services.{name}.allow]]");
@@ -257,5 +257,33 @@ keys = ["user_*/**"]
         assert_eq!(d.0[0].key, "egress.services.flask.allow[1]");
         assert_eq!(d.0[0].code, "redundant_rule");
         assert_eq!(d.0[0].line, src.lines().count() - 2);
+        // Covered by meaning, not by spelling: GetObject on user_*/images/** is within the
+        // flask service's read on user_*/**; the workers' HeadObject within their GetObject.
+        for (extra, key) in [
+            (
+                "[[egress.services.flask.allow]]\noperations = [\"GetObject\"]\nkeys = [\"user_*/images/**\"]\n",
+                "egress.services.flask.allow[1]",
+            ),
+            (
+                "[[egress.services.workers.allow]]\noperations = [\"HeadObject\"]\nkeys = [\"user_1/books/*.epub\"]\n",
+                "egress.services.workers.allow[1]",
+            ),
+        ] {
+            let src = format!("{shipped}\n{extra}");
+            let cfg = Config::parse(file, &src).expect("config");
+            let d = redundant_egress_rules(&cfg, file, &src);
+            assert_eq!(d.0.len(), 1, "{extra}: {d}");
+            assert_eq!(d.0[0].key, key);
+            assert_eq!(d.0[0].line, src.lines().count() - 2);
+        }
+        // Not covered: a listing of everything, a write outside the patterns.
+        for extra in [
+            "[[egress.services.flask.allow]]\noperations = [\"ListObjectsV2\"]\nkeys = [\"**\"]\n",
+            "[[egress.services.workers.allow]]\noperations = [\"PutObject\"]\nkeys = [\"user_*/audio/**\"]\n",
+        ] {
+            let src = format!("{shipped}\n{extra}");
+            let cfg = Config::parse(file, &src).expect("config");
+            assert!(redundant_egress_rules(&cfg, file, &src).is_empty(), "{extra}");
+        }
     }
 }

@@ -5,12 +5,14 @@
 //! are never in this file: it names the environment variables or files that hold them.
 
 mod check;
+pub mod egress_rules;
 pub mod lint;
 mod raw;
 pub mod types;
 
 use std::path::Path;
 
+pub use egress_rules::{KeyGlob, Permission, Rule};
 pub use types::*;
 
 use crate::diag::{from_toml_error, Diagnostic, Diagnostics};

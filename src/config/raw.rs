@@ -105,7 +105,7 @@ pub(super) struct RawEgress {
     pub(super) listen: Spanned<String>,
     /// The bucket name the services use (default: `[s3] bucket`).
     #[serde(default)]
-    pub(super) bucket: Option<String>,
+    pub(super) bucket: Option<Spanned<String>>,
     /// The region the services sign for (default: `[s3] region`).
     #[serde(default)]
     pub(super) region: Option<String>,
@@ -117,7 +117,7 @@ pub(super) struct RawEgress {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawEgressService {
     /// The local access key id the service signs with (not a secret).
-    pub(super) access_key_id: String,
+    pub(super) access_key_id: Spanned<String>,
     /// The env var holding the service's local secret.
     pub(super) secret_env: String,
     #[serde(default)]
@@ -127,8 +127,8 @@ pub(super) struct RawEgressService {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawEgressRule {
-    pub(super) operations: Vec<String>,
-    pub(super) keys: Vec<String>,
+    pub(super) operations: Spanned<Vec<String>>,
+    pub(super) keys: Spanned<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -343,3 +343,88 @@ fn assertion_refusals_name_their_key_and_the_defaults() {
         "a single key signs; its path is relative to the config file"
     );
 }
+
+/// `[egress]` refusals: one fixture per error, each reported on its line with its key.
+#[test]
+fn egress_refusals_name_their_line_and_key() {
+    const S3: &str = "[s3]\nendpoint = \"http://127.0.0.1:9000\"\nregion = \"us-east-1\"\nbucket = \"app-media\"\naddressing = \"path\"\n";
+    const SERVICE: &str = "[egress.services.api]\naccess_key_id = \"PORTIERAPISERVICE01\"\nsecret_env = \"API_SECRET\"\n[[egress.services.api.allow]]\noperations = [\"read\"]\nkeys = [\"user_*/**\"]\n";
+    let egress = |listen: &str, extra: &str| {
+        format!("{S3}[egress]\nlisten = \"{listen}\"\n{extra}{SERVICE}")
+    };
+    let cases: Vec<(&str, String, &str, &str)> = vec![
+        (
+            "unknown operation",
+            egress("127.0.0.1:9100", "").replace("[\"read\"]", "[\"read\", \"GetBucketAcl\"]"),
+            "operations = [\"read\", \"GetBucketAcl\"]",
+            "egress.services.api.allow[0].operations",
+        ),
+        (
+            "duplicate access_key_id",
+            format!(
+                "{}[egress.services.other]\naccess_key_id = \"PORTIERAPISERVICE01\"\nsecret_env = \"OTHER_SECRET\"\n[[egress.services.other.allow]]\noperations = [\"read\"]\nkeys = [\"**\"]\n",
+                egress("127.0.0.1:9100", "")
+            ),
+            // Services are checked in name order: `other` is the second user of the id.
+            "access_key_id = \"PORTIERAPISERVICE01\"\nsecret_env = \"OTHER_SECRET\"",
+            "egress.services.other.access_key_id",
+        ),
+        (
+            "empty allow",
+            format!(
+                "{}[egress.services.idle]\naccess_key_id = \"PORTIERIDLESERVICE1\"\nsecret_env = \"IDLE_SECRET\"\n",
+                egress("127.0.0.1:9100", "")
+            ),
+            "[egress.services.idle]",
+            "egress.services.idle.allow",
+        ),
+        (
+            "egress without [s3]",
+            format!("[egress]\nlisten = \"127.0.0.1:9100\"\n{SERVICE}"),
+            "[egress]",
+            "egress",
+        ),
+        (
+            "bad listen",
+            egress("localhost-9100", ""),
+            "listen = \"localhost-9100\"",
+            "egress.listen",
+        ),
+        (
+            "listen on server.listen's address",
+            egress("127.0.0.1:8080", ""),
+            "listen = \"127.0.0.1:8080\"",
+            "egress.listen",
+        ),
+        (
+            "listen on server.listen's port, all addresses",
+            egress("0.0.0.0:8080", ""),
+            "listen = \"0.0.0.0:8080\"",
+            "egress.listen",
+        ),
+        (
+            "invalid bucket name",
+            egress("127.0.0.1:9100", "bucket = \"App_Media\"\n"),
+            "bucket = \"App_Media\"",
+            "egress.bucket",
+        ),
+    ];
+    for (what, extra, line_text, key) in cases {
+        let text = format!("{GOOD}\n{extra}");
+        let at = text
+            .find(line_text)
+            .unwrap_or_else(|| panic!("{what}: fixture"));
+        let line = text[..at].lines().count() + usize::from(text[..at].ends_with('\n'));
+        let errs = Config::parse(Path::new("c.toml"), &text).unwrap_err();
+        let found = errs.0.iter().any(|d| d.line == line && d.key == key);
+        assert!(found, "{what}: want c.toml:{line} {key}, got:\n{errs}");
+        assert_eq!(errs.0.len(), 1, "{what}: one error, got:\n{errs}");
+    }
+    // The same fixture without the mistake loads.
+    let ok = format!(
+        "{GOOD}\n{}",
+        egress("127.0.0.1:9100", "bucket = \"media\"\n")
+    );
+    let c = Config::parse(Path::new("c.toml"), &ok).unwrap();
+    assert_eq!(c.egress.unwrap().bucket, "media");
+}

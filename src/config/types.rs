@@ -277,6 +277,19 @@ pub struct PagesConfig {
     /// `scheme://host` that `redirect_url` is built on; a path when unset (never the Host
     /// header, so a redirect cannot be pointed elsewhere).
     pub public_origin: Option<String>,
+    /// The Clerk instance `clerk.publishable_key` names: Clerk's middleware applies some
+    /// handshake rules only to development instances. `None` without a publishable key.
+    pub instance: Option<ClerkInstance>,
+}
+
+/// What a publishable key says about its Clerk instance (`@clerk/shared`
+/// `parsePublishableKey`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClerkInstance {
+    /// `pk_test_`: a development instance (dev-browser rules); `pk_live_`: production.
+    pub development: bool,
+    /// The Frontend API host, e.g. `clerk.example.com`.
+    pub frontend_api: String,
 }
 
 /// `[assertion]`, checked: the signed identity assertion some upstreams get.
@@ -331,5 +344,5 @@ pub struct EgressService {
     pub name: String,
     pub access_key_id: String,
     pub secret_env: String,
-    pub rules: Vec<crate::egress::ops::Rule>,
+    pub rules: Vec<super::egress_rules::Rule>,
 }

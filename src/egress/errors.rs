@@ -54,7 +54,42 @@ impl S3Error {
     pub const CHUNK_SIGNED: S3Error = S3Error::new(
         "InvalidRequest",
         400,
-        "Chunk-signed uploads (STREAMING-AWS4-HMAC-SHA256-PAYLOAD) are not accepted: sign the whole payload (boto3 over http does by default) or send STREAMING-UNSIGNED-PAYLOAD-TRAILER",
+        "Chunk-signed uploads (STREAMING-AWS4-HMAC-SHA256-PAYLOAD) are not accepted by Portier's egress: sign the whole body, or send UNSIGNED-PAYLOAD or STREAMING-UNSIGNED-PAYLOAD-TRAILER (AWS SDK for Java v2: S3Configuration.builder().chunkedEncodingEnabled(false); Java v1: AmazonS3ClientBuilder.disableChunkedEncoding(); boto3 never sends it)",
+    );
+    pub const BAD_QUERY: S3Error = S3Error::new(
+        "InvalidArgument",
+        400,
+        "The query string is not validly percent-encoded UTF-8",
+    );
+    pub const REPEATED_PARAMETER: S3Error = S3Error::new(
+        "InvalidArgument",
+        400,
+        "A query parameter is given more than once",
+    );
+    pub const HEADER_REFUSED: S3Error = S3Error::new(
+        "NotImplemented",
+        501,
+        "A header you provided implies functionality that Portier's egress does not pass on (customer or KMS encryption keys, storage class, tagging, object lock, ACLs and grants, website redirects)",
+    );
+    pub const BAD_DIGEST: S3Error = S3Error::new(
+        "BadDigest",
+        400,
+        "The checksum you specified did not match the calculated checksum",
+    );
+    pub const BAD_CHUNKED: S3Error = S3Error::new(
+        "InvalidRequest",
+        400,
+        "The aws-chunked body is malformed or its length is not x-amz-decoded-content-length",
+    );
+    pub const TRAILER_REQUIRED: S3Error = S3Error::new(
+        "InvalidRequest",
+        400,
+        "STREAMING-UNSIGNED-PAYLOAD-TRAILER needs Content-Encoding: aws-chunked and x-amz-trailer naming one of x-amz-checksum-crc32, -crc32c, -sha1, -sha256, -crc64nvme",
+    );
+    pub const ONE_CHECKSUM: S3Error = S3Error::new(
+        "InvalidRequest",
+        400,
+        "Expecting a single x-amz-checksum- header",
     );
     pub const MISSING_LENGTH: S3Error = S3Error::new(
         "MissingContentLength",
@@ -79,7 +114,7 @@ impl S3Error {
     pub const STORE_REFUSED_PORTIER: S3Error = S3Error::new(
         "InternalError",
         500,
-        "The bucket refused Portier's own credentials (a configuration problem on Portier's side)",
+        "The bucket refused Portier's own request (its credentials, or a bucket or IAM policy narrower than the egress rules): a configuration problem on Portier's side, logged there",
     );
 
     /// The XML error document.

@@ -1,13 +1,16 @@
 //! Egress: the backend and its workers reach the bucket through Portier with their ordinary
 //! S3 SDK and a local key pair. Portier verifies their SigV4 as S3 would ([`sigv4`]), works
-//! out the S3 operation and its keys ([`ops`]), authorizes them against the service's rules
-//! (deny by default), and re-signs the request for the real bucket with its own credentials,
-//! so the services never hold AWS keys. Refusals are S3 XML errors ([`errors`]), so SDKs raise
-//! their usual exceptions.
+//! out the S3 operation and its keys ([`ops`], over the query as [`query`] decodes it),
+//! authorizes them against the service's rules (deny by default), checks the body against what
+//! the client declared while it streams ([`body`]), and re-signs the request for the real
+//! bucket with its own credentials, so the services never hold AWS keys. Refusals are S3 XML
+//! errors ([`errors`]), so SDKs raise their usual exceptions.
 
+pub mod body;
 pub mod errors;
 pub mod explain;
 pub mod ops;
+pub mod query;
 pub mod sigv4;
 
 use std::collections::HashMap;
@@ -26,7 +29,7 @@ pub struct EgressState {
 pub struct Service {
     pub name: String,
     secret: String,
-    pub rules: Vec<ops::Rule>,
+    pub rules: Vec<crate::config::Rule>,
 }
 
 impl std::fmt::Debug for Service {

@@ -6,6 +6,8 @@
 use http::HeaderMap;
 
 use super::errors::S3Error;
+use super::query;
+pub use crate::config::{KeyGlob, Permission, Rule};
 
 /// The operations egress performs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -45,100 +47,6 @@ impl Operation {
     }
 }
 
-/// What a rule grants: the object permissions operations are checked against.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Permission {
-    /// GetObject (and the source of a copy).
-    Get,
-    Head,
-    /// PutObject, the multipart family and the destination of a copy.
-    Put,
-    /// DeleteObject (each key of DeleteObjects).
-    Delete,
-    /// ListObjectsV2 of a prefix.
-    List,
-}
-
-impl Permission {
-    /// The names a rule's `operations` may list.
-    pub fn parse(name: &str) -> Option<Vec<Permission>> {
-        use Permission::*;
-        Some(match name {
-            "GetObject" => vec![Get],
-            "HeadObject" => vec![Head],
-            "PutObject" => vec![Put],
-            "DeleteObject" => vec![Delete],
-            "ListObjectsV2" => vec![List],
-            "read" => vec![Get, Head, List],
-            "write" => vec![Put],
-            "delete" => vec![Delete],
-            "*" => vec![Get, Head, Put, Delete, List],
-            _ => return None,
-        })
-    }
-}
-
-/// A key pattern: `*` matches within one segment (no `/`), `**` matches anything.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct KeyGlob(String);
-
-impl KeyGlob {
-    pub fn new(p: &str) -> Result<KeyGlob, &'static str> {
-        if p.is_empty() {
-            return Err("a key pattern cannot be empty");
-        }
-        if p.contains("***") {
-            return Err("use * (one segment) or ** (anything)");
-        }
-        Ok(KeyGlob(p.to_string()))
-    }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-
-    pub fn matches(&self, key: &str) -> bool {
-        glob(self.0.as_bytes(), key.as_bytes())
-    }
-
-    /// Whether every key under `prefix` that this pattern could match starts there: a listing
-    /// of `prefix` is allowed when the prefix itself is matched by the pattern's `**` form.
-    pub fn covers_prefix(&self, prefix: &str) -> bool {
-        self.0.ends_with("**") && glob(self.0.as_bytes(), prefix.as_bytes())
-    }
-}
-
-fn glob(p: &[u8], s: &[u8]) -> bool {
-    match p.first() {
-        None => s.is_empty(),
-        Some(b'*') if p.get(1) == Some(&b'*') => {
-            let rest = &p[2..];
-            (0..=s.len()).any(|i| glob(rest, &s[i..]))
-        }
-        Some(b'*') => {
-            let rest = &p[1..];
-            let mut i = 0;
-            loop {
-                if glob(rest, &s[i..]) {
-                    return true;
-                }
-                if i == s.len() || s[i] == b'/' {
-                    return false;
-                }
-                i += 1;
-            }
-        }
-        Some(&c) => s.first() == Some(&c) && glob(&p[1..], &s[1..]),
-    }
-}
-
-/// One rule of a service.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Rule {
-    pub permissions: Vec<Permission>,
-    pub keys: Vec<KeyGlob>,
-}
-
 /// A classified request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct S3Request {
@@ -149,6 +57,16 @@ pub struct S3Request {
     pub copy_source: Option<String>,
     /// The prefix of a listing.
     pub prefix: Option<String>,
+    /// The decoded query parameters that were checked, without the presign ones (and without
+    /// `fetch-owner`): the only parameters the store gets, see [`S3Request::store_query`].
+    pub params: Vec<(String, String)>,
+}
+
+impl S3Request {
+    /// The query for the store: the checked parameters, SigV4-encoded and sorted.
+    pub fn store_query(&self) -> String {
+        query::canonical(&self.params)
+    }
 }
 
 fn decode(s: &str) -> Option<String> {
@@ -167,20 +85,14 @@ fn decode(s: &str) -> Option<String> {
     String::from_utf8(out).ok()
 }
 
-/// The query's parameter names and decoded values.
-fn params(query: Option<&str>) -> Result<Vec<(String, String)>, S3Error> {
-    query
-        .unwrap_or("")
-        .split('&')
-        .filter(|p| !p.is_empty())
-        .map(|p| {
-            let (k, v) = p.split_once('=').unwrap_or((p, ""));
-            Ok((
-                decode(k).ok_or(S3Error::INVALID_KEY)?,
-                decode(v).ok_or(S3Error::INVALID_KEY)?,
-            ))
-        })
-        .collect()
+/// The query's decoded parameters: one decoding shared with the signature check, and no
+/// name given twice (which value counts would otherwise depend on who reads it).
+fn params(raw: Option<&str>) -> Result<Vec<(String, String)>, S3Error> {
+    let p = query::pairs(raw).map_err(|_| S3Error::BAD_QUERY)?;
+    if query::repeated(&p).is_some() {
+        return Err(S3Error::REPEATED_PARAMETER);
+    }
+    Ok(p)
 }
 
 /// Query parameters each kind of request may carry (besides the presign ones).
@@ -208,7 +120,7 @@ const LIST: &[&str] = &[
 
 fn only(params: &[(String, String)], allowed: &[&str]) -> Result<(), S3Error> {
     for (k, _) in params {
-        if !(allowed.contains(&k.as_str()) || k.starts_with("X-Amz-")) {
+        if !(allowed.contains(&k.as_str()) || query::is_presign(k)) {
             return Err(S3Error::NOT_IMPLEMENTED);
         }
     }
@@ -255,6 +167,14 @@ pub fn classify(
         return Err(S3Error::NO_SUCH_BUCKET);
     }
     let p = params(query)?;
+    // What the store gets: the parameters checked below, never a presign one (Portier signs
+    // in the header), never `fetch-owner` (it would show the real bucket's owner).
+    let forwarded = || -> Vec<(String, String)> {
+        p.iter()
+            .filter(|(k, _)| !query::is_presign(k) && k != "fetch-owner")
+            .cloned()
+            .collect()
+    };
     let copy = headers.contains_key("x-amz-copy-source");
     let Some(raw_key) = raw_key else {
         return match method {
@@ -265,6 +185,7 @@ pub fn classify(
                     key: None,
                     copy_source: None,
                     prefix: Some(get(&p, "prefix").unwrap_or("").to_string()),
+                    params: forwarded(),
                 })
             }
             "POST" if has(&p, "delete") => {
@@ -274,6 +195,7 @@ pub fn classify(
                     key: None,
                     copy_source: None,
                     prefix: None,
+                    params: forwarded(),
                 })
             }
             _ => Err(S3Error::NOT_IMPLEMENTED),
@@ -338,6 +260,7 @@ pub fn classify(
         key: Some(key),
         copy_source,
         prefix: None,
+        params: forwarded(),
     })
 }
 
@@ -363,6 +286,13 @@ fn allowed(rules: &[Rule], perm: Permission, key: &str) -> bool {
     rules
         .iter()
         .any(|r| r.permissions.contains(&perm) && r.keys.iter().any(|g| g.matches(key)))
+}
+
+/// The first key of a DeleteObjects batch the rules do not let the service delete.
+pub fn refused_delete_key<'a>(rules: &[Rule], keys: &'a [String]) -> Option<&'a str> {
+    keys.iter()
+        .find(|k| !allowed(rules, Permission::Delete, k))
+        .map(String::as_str)
 }
 
 /// Whether `rules` allow the request; `keys` are the keys of a DeleteObjects body.
@@ -407,34 +337,231 @@ pub fn authorize(rules: &[Rule], req: &S3Request, delete_keys: &[String]) -> Res
     }
 }
 
-/// The keys of a DeleteObjects body.
-pub fn delete_keys(xml: &[u8]) -> Result<Vec<String>, S3Error> {
+/// The value headers of S3's additional checksums: each holds one checksum of the body.
+pub const CHECKSUM_HEADERS: &[&str] = &[
+    "x-amz-checksum-crc32",
+    "x-amz-checksum-crc32c",
+    "x-amz-checksum-sha1",
+    "x-amz-checksum-sha256",
+    "x-amz-checksum-crc64nvme",
+];
+
+/// What Portier does with a client header on an operation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HeaderUse {
+    /// Sent to the store (and covered by Portier's signature when SigV4 signs it).
+    Forward,
+    /// Not sent: SDK bookkeeping, the client's own signature, and what S3 does not define for
+    /// the operation.
+    Drop,
+    /// The request is refused: the header would change how the object is stored or who can
+    /// read it, which a service's rules do not decide.
+    Refuse,
+}
+
+/// Headers that set encryption keys, storage class, tags, object lock, ACLs or a website
+/// redirect. Refused rather than dropped, so a client never believes one took effect.
+fn refused_header(name: &str) -> bool {
+    name.starts_with("x-amz-server-side-encryption-customer-")
+        || name.starts_with("x-amz-copy-source-server-side-encryption-customer-")
+        || name.starts_with("x-amz-object-lock-")
+        || name.starts_with("x-amz-grant-")
+        || matches!(
+            name,
+            "x-amz-server-side-encryption-aws-kms-key-id"
+                | "x-amz-server-side-encryption-context"
+                | "x-amz-server-side-encryption-bucket-key-enabled"
+                | "x-amz-storage-class"
+                | "x-amz-tagging"
+                | "x-amz-tagging-directive"
+                | "x-amz-website-redirect-location"
+                | "x-amz-bypass-governance-retention"
+                | "x-amz-acl"
+        )
+}
+
+/// What an object is stored with (PutObject, CopyObject, CreateMultipartUpload).
+const OBJECT_ATTRIBUTES: &[&str] = &[
+    "content-type",
+    "content-encoding",
+    "content-disposition",
+    "content-language",
+    "cache-control",
+    "expires",
+    "x-amz-server-side-encryption",
+];
+
+/// How an uploaded body is framed and checked (PutObject, UploadPart).
+const BODY: &[&str] = &[
+    "content-md5",
+    "content-encoding",
+    "expect",
+    "x-amz-sdk-checksum-algorithm",
+    "x-amz-trailer",
+    "x-amz-decoded-content-length",
+];
+
+const CONDITIONAL_READ: &[&str] = &[
+    "if-match",
+    "if-none-match",
+    "if-modified-since",
+    "if-unmodified-since",
+];
+
+/// The headers S3 defines for each operation egress performs; see [`HeaderUse`].
+pub fn header_use(op: Operation, name: &str) -> HeaderUse {
+    use Operation::*;
+    if refused_header(name) {
+        return HeaderUse::Refuse;
+    }
+    // The message framing, whatever the operation.
+    if matches!(name, "content-length" | "transfer-encoding") {
+        return HeaderUse::Forward;
+    }
+    let meta = name.starts_with("x-amz-meta-");
+    let checksum = CHECKSUM_HEADERS.contains(&name);
+    let conditional_write = matches!(name, "if-match" | "if-none-match");
+    let forward = match op {
+        GetObject | HeadObject => {
+            name == "range" || CONDITIONAL_READ.contains(&name) || name == "x-amz-checksum-mode"
+        }
+        PutObject => {
+            meta || checksum
+                || conditional_write
+                || OBJECT_ATTRIBUTES.contains(&name)
+                || BODY.contains(&name)
+        }
+        CopyObject => {
+            meta || conditional_write
+                || OBJECT_ATTRIBUTES.contains(&name)
+                || name.starts_with("x-amz-copy-source-if-")
+                || matches!(
+                    name,
+                    "x-amz-metadata-directive" | "x-amz-checksum-algorithm"
+                )
+        }
+        CreateMultipartUpload => {
+            meta || OBJECT_ATTRIBUTES.contains(&name)
+                || matches!(name, "x-amz-checksum-algorithm" | "x-amz-checksum-type")
+        }
+        UploadPart => checksum || BODY.contains(&name),
+        UploadPartCopy => {
+            name == "x-amz-copy-source-range" || name.starts_with("x-amz-copy-source-if-")
+        }
+        CompleteMultipartUpload => {
+            checksum
+                || conditional_write
+                || matches!(
+                    name,
+                    "content-type"
+                        | "content-md5"
+                        | "expect"
+                        | "x-amz-checksum-type"
+                        | "x-amz-mp-object-size"
+                        | "x-amz-sdk-checksum-algorithm"
+                )
+        }
+        DeleteObject => name == "if-match",
+        AbortMultipartUpload | ListParts | ListObjectsV2 | DeleteObjects => false,
+    };
+    if forward {
+        HeaderUse::Forward
+    } else {
+        HeaderUse::Drop
+    }
+}
+
+/// Refuses a request carrying a header that [`header_use`] refuses.
+pub fn check_headers(op: Operation, headers: &HeaderMap) -> Result<(), S3Error> {
+    if headers
+        .keys()
+        .any(|n| header_use(op, n.as_str()) == HeaderUse::Refuse)
+    {
+        return Err(S3Error::HEADER_REFUSED);
+    }
+    Ok(())
+}
+
+/// A DeleteObjects body, checked: its canonical keys and whether the answer is quiet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeleteBatch {
+    pub keys: Vec<String>,
+    pub quiet: Option<bool>,
+}
+
+/// The keys (and `Quiet`) of a DeleteObjects body; versions are refused (not offered).
+pub fn delete_batch(xml: &[u8]) -> Result<DeleteBatch, S3Error> {
     #[derive(serde::Deserialize)]
     #[serde(rename_all = "PascalCase")]
     struct Delete {
         #[serde(default, rename = "Object")]
         objects: Vec<Obj>,
+        #[serde(default)]
+        quiet: Option<bool>,
     }
+    // Unknown children (a conditional `ETag`...) are refused: the batch Portier sends is
+    // rebuilt from what it understood, so nothing may be silently left out.
     #[derive(serde::Deserialize)]
-    #[serde(rename_all = "PascalCase")]
+    #[serde(rename_all = "PascalCase", deny_unknown_fields)]
     struct Obj {
         key: String,
+        #[serde(default)]
+        version_id: Option<String>,
     }
     let text = std::str::from_utf8(xml).map_err(|_| S3Error::MALFORMED_XML)?;
     let doc: Delete = quick_xml::de::from_str(text).map_err(|_| S3Error::MALFORMED_XML)?;
     if doc.objects.is_empty() || doc.objects.len() > 1000 {
         return Err(S3Error::MALFORMED_XML);
     }
-    doc.objects
+    let keys = doc
+        .objects
         .into_iter()
         .map(|o| {
+            if o.version_id.is_some() {
+                return Err(S3Error::NOT_IMPLEMENTED);
+            }
             let enc = crate::s3::encode_key_for_path(&o.key);
             match crate::s3::canonical_key(&enc) {
                 Ok(k) if k == o.key => Ok(k),
                 _ => Err(S3Error::INVALID_KEY),
             }
         })
-        .collect()
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(DeleteBatch {
+        keys,
+        quiet: doc.quiet,
+    })
+}
+
+/// The keys of a DeleteObjects body.
+pub fn delete_keys(xml: &[u8]) -> Result<Vec<String>, S3Error> {
+    delete_batch(xml).map(|b| b.keys)
+}
+
+/// The DeleteObjects document Portier sends: exactly the checked keys (and `Quiet`), never
+/// the client's bytes.
+pub fn delete_document(batch: &DeleteBatch) -> Result<String, S3Error> {
+    #[derive(serde::Serialize)]
+    #[serde(rename = "Delete")]
+    struct Delete<'a> {
+        #[serde(rename = "@xmlns")]
+        xmlns: &'static str,
+        #[serde(rename = "Quiet", skip_serializing_if = "Option::is_none")]
+        quiet: Option<bool>,
+        #[serde(rename = "Object")]
+        objects: Vec<Obj<'a>>,
+    }
+    #[derive(serde::Serialize)]
+    struct Obj<'a> {
+        #[serde(rename = "Key")]
+        key: &'a str,
+    }
+    let doc = Delete {
+        xmlns: "http://s3.amazonaws.com/doc/2006-03-01/",
+        quiet: batch.quiet,
+        objects: batch.keys.iter().map(|k| Obj { key: k }).collect(),
+    };
+    quick_xml::se::to_string(&doc).map_err(|_| S3Error::INTERNAL)
 }
 
 #[cfg(test)]
@@ -585,22 +712,6 @@ mod tests {
     }
 
     #[test]
-    fn globs() {
-        let g = KeyGlob::new("user_*/images/**").unwrap();
-        assert!(g.matches("user_2abc/images/cat.png"));
-        assert!(g.matches("user_2abc/images/a/b.png"));
-        assert!(!g.matches("user_2abc/videos/v.mp4"));
-        assert!(
-            !g.matches("user_a/b/images/x.png"),
-            "* stays in one segment"
-        );
-        assert!(g.covers_prefix("user_2abc/images/"));
-        assert!(!g.covers_prefix("user_2abc/"));
-        assert!(!g.covers_prefix(""));
-        assert!(KeyGlob::new("**").unwrap().covers_prefix(""));
-    }
-
-    #[test]
     fn deny_by_default_and_every_key_checked() {
         // The image worker: put and get images, nothing else.
         let worker = rules(&[("PutObject,GetObject", "user_*/images/**")]);
@@ -674,6 +785,186 @@ mod tests {
             authorize(&[], &req("GET", "/media/a", None, &[]), &[]),
             Err(S3Error::ACCESS_DENIED)
         );
+    }
+
+    /// The query is decoded once, a repeated name is refused, and what the store gets is
+    /// rebuilt from the checked pairs (presign and `fetch-owner` left out).
+    #[test]
+    fn query_checked_is_query_forwarded() {
+        assert_eq!(
+            op(
+                "GET",
+                "/media",
+                Some("list-type=2&prefix=user_a/&prefix=admin/"),
+                &[]
+            ),
+            Err(S3Error::REPEATED_PARAMETER)
+        );
+        assert_eq!(
+            op(
+                "GET",
+                "/media",
+                Some("list-type=2&pre%66ix=a&prefix=b"),
+                &[]
+            ),
+            Err(S3Error::REPEATED_PARAMETER),
+            "names compared decoded"
+        );
+        assert_eq!(
+            op("GET", "/media", Some("list-type=2&prefix=%zz"), &[]),
+            Err(S3Error::BAD_QUERY)
+        );
+        let r = op(
+            "GET",
+            "/media",
+            Some("prefix=user_a/a+b&list-type=2&fetch-owner=true&encoding-type=url"),
+            &[],
+        )
+        .unwrap();
+        assert_eq!(
+            r.prefix.as_deref(),
+            Some("user_a/a+b"),
+            "+ is a literal plus"
+        );
+        assert_eq!(
+            r.store_query(),
+            "encoding-type=url&list-type=2&prefix=user_a%2Fa%2Bb"
+        );
+        // A presigned GET: its signature parameters never reach the store.
+        let r = op(
+            "GET",
+            "/media/user_a/x.png",
+            Some("X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Signature=ab&response-content-type=text%2Fplain"),
+            &[],
+        )
+        .unwrap();
+        assert_eq!(r.store_query(), "response-content-type=text%2Fplain");
+        // An encoded name is read decoded: `X-Amz-Foo` is not a presign parameter.
+        assert_eq!(
+            op("GET", "/media/user_a/x.png", Some("X%2DAmz%2DFoo=1"), &[]).map(|r| r.op),
+            Err(S3Error::NOT_IMPLEMENTED)
+        );
+        let r = op(
+            "GET",
+            "/media/user_a/x.png",
+            Some("X%2DAmz%2DSignature=1"),
+            &[],
+        )
+        .unwrap();
+        assert_eq!(r.store_query(), "", "decoded presign names are dropped");
+    }
+
+    #[test]
+    fn headers_per_operation() {
+        use HeaderUse::*;
+        for (o, name, want) in [
+            (
+                Operation::PutObject,
+                "x-amz-server-side-encryption-customer-key",
+                Refuse,
+            ),
+            (
+                Operation::GetObject,
+                "x-amz-server-side-encryption-customer-algorithm",
+                Refuse,
+            ),
+            (
+                Operation::PutObject,
+                "x-amz-server-side-encryption-aws-kms-key-id",
+                Refuse,
+            ),
+            (Operation::PutObject, "x-amz-storage-class", Refuse),
+            (Operation::PutObject, "x-amz-tagging", Refuse),
+            (Operation::CopyObject, "x-amz-tagging-directive", Refuse),
+            (
+                Operation::PutObject,
+                "x-amz-website-redirect-location",
+                Refuse,
+            ),
+            (Operation::PutObject, "x-amz-object-lock-mode", Refuse),
+            (Operation::PutObject, "x-amz-acl", Refuse),
+            (Operation::CreateMultipartUpload, "x-amz-grant-read", Refuse),
+            (
+                Operation::PutObject,
+                "x-amz-server-side-encryption",
+                Forward,
+            ),
+            (Operation::PutObject, "x-amz-meta-title", Forward),
+            (Operation::PutObject, "x-amz-checksum-crc32", Forward),
+            (Operation::PutObject, "content-type", Forward),
+            (Operation::PutObject, "range", Drop),
+            (Operation::GetObject, "range", Forward),
+            (Operation::GetObject, "x-amz-meta-title", Drop),
+            (Operation::GetObject, "content-type", Drop),
+            (Operation::UploadPart, "content-type", Drop),
+            (
+                Operation::CreateMultipartUpload,
+                "x-amz-checksum-algorithm",
+                Forward,
+            ),
+            (
+                Operation::ListObjectsV2,
+                "x-amz-expected-bucket-owner",
+                Drop,
+            ),
+            (Operation::PutObject, "user-agent", Drop),
+            (Operation::PutObject, "amz-sdk-invocation-id", Drop),
+            (Operation::HeadObject, "transfer-encoding", Forward),
+        ] {
+            assert_eq!(header_use(o, name), want, "{o:?} {name}");
+        }
+        assert_eq!(
+            check_headers(
+                Operation::PutObject,
+                &h(&[("x-amz-server-side-encryption-customer-key", "a2V5")])
+            ),
+            Err(S3Error::HEADER_REFUSED)
+        );
+        assert_eq!(
+            check_headers(Operation::PutObject, &h(&[("x-amz-meta-a", "b")])),
+            Ok(())
+        );
+    }
+
+    /// What is forwarded is the serialisation of the checked keys, not the client's bytes.
+    #[test]
+    fn delete_documents_are_rebuilt_from_checked_keys() {
+        let xml = br#"<?xml version="1.0"?><!-- a comment --><Delete xmlns="http://s3.amazonaws.com/doc/2006-03-01/"><Object><Key>user_a/x.png</Key></Object><Object>  <Key>user_b/a &amp; b&lt;c&gt;</Key></Object><Quiet>true</Quiet></Delete>"#;
+        let batch = delete_batch(xml).unwrap();
+        assert_eq!(batch.keys, vec!["user_a/x.png", "user_b/a & b<c>"]);
+        assert_eq!(batch.quiet, Some(true));
+        let doc = delete_document(&batch).unwrap();
+        assert_eq!(
+            doc,
+            r#"<Delete xmlns="http://s3.amazonaws.com/doc/2006-03-01/"><Quiet>true</Quiet><Object><Key>user_a/x.png</Key></Object><Object><Key>user_b/a &amp; b&lt;c&gt;</Key></Object></Delete>"#
+        );
+        // The rebuilt document reads back as the same batch.
+        assert_eq!(delete_batch(doc.as_bytes()), Ok(batch));
+        let plain = delete_batch(b"<Delete><Object><Key>k/1</Key></Object></Delete>").unwrap();
+        assert_eq!(
+            delete_document(&plain).unwrap(),
+            r#"<Delete xmlns="http://s3.amazonaws.com/doc/2006-03-01/"><Object><Key>k/1</Key></Object></Delete>"#
+        );
+        // What Portier would not understand is refused, not dropped.
+        assert_eq!(
+            delete_batch(b"<Delete><Object><Key>k/1</Key></Object><Quiet>true</Quiet><Object><Key>k/2</Key></Object></Delete>"),
+            Err(S3Error::MALFORMED_XML),
+            "objects split around Quiet"
+        );
+        assert_eq!(
+            delete_batch(
+                b"<Delete><Object><Key>k/1</Key><VersionId>3</VersionId></Object></Delete>"
+            ),
+            Err(S3Error::NOT_IMPLEMENTED)
+        );
+        assert_eq!(
+            delete_batch(b"<Delete><Object><Key>k/1</Key><ETag>x</ETag></Object></Delete>"),
+            Err(S3Error::MALFORMED_XML)
+        );
+        let rules = rules(&[("delete", "user_*/**")]);
+        let keys = ["user_a/x".to_string(), "admin/y".to_string()];
+        assert_eq!(refused_delete_key(&rules, &keys), Some("admin/y"));
+        assert_eq!(refused_delete_key(&rules, &keys[..1]), None);
     }
 
     #[test]

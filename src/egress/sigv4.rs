@@ -8,7 +8,8 @@
 //! Written here rather than taken from a crate: `s3s` has a verifier but keeps it private, and
 //! `aws-sigv4` only signs. The canonical request follows S3's rules: the path as sent (S3
 //! encodes once and does not normalise), with a decode-and-encode-once fallback for clients
-//! that encode differently; the query decoded, re-encoded and sorted by name then value;
+//! that encode differently; the query decoded by [`super::query`] (the same decoding the
+//! operation is read from and the store's query is built from), re-encoded and sorted;
 //! header values trimmed with inner runs of spaces collapsed. Signatures are compared in
 //! constant time. Tested against AWS's published S3 examples and against requests signed by
 //! `aws-sigv4` and by boto3.
@@ -148,7 +149,7 @@ fn sha256_hex(b: &[u8]) -> String {
     hex::encode(digest::digest(&digest::SHA256, b))
 }
 
-/// `%XX`-decodes; `+` is kept (SigV4 queries encode a space as `%20`).
+/// `%XX`-decodes a path; `+` is kept.
 fn percent_decode(s: &str) -> Option<Vec<u8>> {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
@@ -182,26 +183,6 @@ fn uri_encode(bytes: &[u8], keep_slash: bool) -> String {
         }
     }
     out
-}
-
-/// The canonical query: every pair decoded and re-encoded, sorted by name then value.
-fn canonical_query(query: Option<&str>, skip_signature: bool) -> Result<String, SigError> {
-    let mut pairs: Vec<(String, String)> = Vec::new();
-    for p in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
-        let (k, v) = p.split_once('=').unwrap_or((p, ""));
-        let k = percent_decode(k).ok_or(SigError::Malformed("query encoding"))?;
-        if skip_signature && k == b"X-Amz-Signature" {
-            continue;
-        }
-        let v = percent_decode(v).ok_or(SigError::Malformed("query encoding"))?;
-        pairs.push((uri_encode(&k, false), uri_encode(&v, false)));
-    }
-    pairs.sort();
-    Ok(pairs
-        .iter()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect::<Vec<_>>()
-        .join("&"))
 }
 
 /// A header's canonical value: every value of the name, trimmed, inner spaces collapsed,
@@ -282,23 +263,21 @@ fn parse_credential(c: &str) -> Result<(String, String, String, String), SigErro
     }
 }
 
-fn query_param(query: &str, name: &str) -> Result<Option<String>, SigError> {
+fn query_param(pairs: &[(String, String)], name: &str) -> Result<Option<String>, SigError> {
     let mut found = None;
-    for p in query.split('&') {
-        let (k, v) = p.split_once('=').unwrap_or((p, ""));
+    for (k, v) in pairs {
         if k == name {
             if found.is_some() {
                 return Err(SigError::Malformed("presign parameter given twice"));
             }
-            let v = percent_decode(v).ok_or(SigError::Malformed("query encoding"))?;
-            found = Some(String::from_utf8(v).map_err(|_| SigError::Malformed("query encoding"))?);
+            found = Some(v.clone());
         }
     }
     Ok(found)
 }
 
-fn parse_query(query: &str) -> Result<Parsed, SigError> {
-    let need = |n: &str| query_param(query, n)?.ok_or(SigError::Malformed("presign parameters"));
+fn parse_query(pairs: &[(String, String)]) -> Result<Parsed, SigError> {
+    let need = |n: &str| query_param(pairs, n)?.ok_or(SigError::Malformed("presign parameters"));
     if need("X-Amz-Algorithm")? != ALGORITHM {
         return Err(SigError::Algorithm);
     }
@@ -324,6 +303,23 @@ fn parse_query(query: &str) -> Result<Parsed, SigError> {
         amz_date: need("X-Amz-Date")?,
         presigned: Some(expires),
     })
+}
+
+/// The access key id a request claims, before any check: to name the service in refusals.
+/// None when the request carries no parsable credential.
+pub fn claimed_access_key(req: &Inbound<'_>) -> Option<String> {
+    if let Some(auth) = req.headers.get(http::header::AUTHORIZATION) {
+        let auth = auth.to_str().ok()?;
+        let credential = auth
+            .split_once(' ')?
+            .1
+            .split(',')
+            .find_map(|p| p.trim().strip_prefix("Credential="))?;
+        return parse_credential(credential).ok().map(|c| c.0);
+    }
+    let pairs = super::query::pairs(req.query).ok()?;
+    let credential = query_param(&pairs, "X-Amz-Credential").ok()??;
+    parse_credential(&credential).ok().map(|c| c.0)
 }
 
 /// Seconds since the epoch of `YYYYMMDDTHHMMSSZ`.
@@ -366,7 +362,11 @@ pub fn verify(
         .get(http::header::AUTHORIZATION)
         .map(|v| v.to_str().map_err(|_| SigError::Malformed("authorization")))
         .transpose()?;
-    let in_query = req.query.is_some_and(|q| q.contains("X-Amz-Signature="));
+    // Decoded once, by the same function that classifies the request and builds the query
+    // sent to the store: names are compared decoded (`X%2DAmz%2DSignature` is the signature).
+    let pairs =
+        super::query::pairs(req.query).map_err(|_| SigError::Malformed("query encoding"))?;
+    let in_query = pairs.iter().any(|(k, _)| k == "X-Amz-Signature");
     let p = match (auth, in_query) {
         (Some(_), true) => {
             return Err(SigError::Malformed(
@@ -374,9 +374,9 @@ pub fn verify(
             ))
         }
         (Some(a), false) => parse_header(a, req.headers)?,
-        (None, true) => parse_query(req.query.unwrap_or(""))?,
+        (None, true) => parse_query(&pairs)?,
         (None, false) => {
-            if req.query.is_some_and(|q| q.contains("AWSAccessKeyId=")) {
+            if pairs.iter().any(|(k, _)| k == "AWSAccessKeyId") {
                 // SigV2 presigned URLs (boto3's default without signature_version="s3v4").
                 return Err(SigError::Algorithm);
             }
@@ -454,7 +454,12 @@ pub fn verify(
         canonical_headers.push_str(&v);
         canonical_headers.push('\n');
     }
-    let query = canonical_query(req.query, p.presigned.is_some())?;
+    let presigned = p.presigned.is_some();
+    let query = super::query::canonical(
+        pairs
+            .iter()
+            .filter(|(k, _)| !(presigned && k == "X-Amz-Signature")),
+    );
     let secret = secret_of(&p.access_key).ok_or(SigError::UnknownKey)?;
     let key = keys.signing_key(&p.access_key, &secret, &p.date, &p.region);
     let scope = format!("{}/{}/s3/aws4_request", p.date, p.region);
@@ -696,6 +701,172 @@ mod tests {
                 &KeyCache::default()
             ),
             Err(SigError::Expired)
+        );
+    }
+
+    /// AWS's published example "GET Bucket (List Objects)": the canonical query of
+    /// `max-keys=2&prefix=J`, sorted and encoded.
+    #[test]
+    fn aws_list_objects_example() {
+        let h = headers(&[
+            ("host", "examplebucket.s3.amazonaws.com"),
+            ("x-amz-content-sha256", EMPTY_SHA256),
+            ("x-amz-date", "20130524T000000Z"),
+            ("authorization", "AWS4-HMAC-SHA256 Credential=AKIAIOSFODNN7EXAMPLE/20130524/us-east-1/s3/aws4_request,SignedHeaders=host;x-amz-content-sha256;x-amz-date,Signature=34b48302e7b5fa45bde8084f4b7868a86f0a534bc59db6670ed5711ef69dc6f7"),
+        ]);
+        let now = at("20130524T000000Z");
+        for q in [
+            "max-keys=2&prefix=J",
+            "prefix=J&max-keys=2",
+            "max%2Dkeys=2&prefix=%4A",
+        ] {
+            let req = Inbound {
+                method: "GET",
+                raw_path: "/",
+                query: Some(q),
+                headers: &h,
+            };
+            assert!(
+                verify(&req, secret, "us-east-1", now, &KeyCache::default()).is_ok(),
+                "{q}"
+            );
+        }
+        let other = Inbound {
+            method: "GET",
+            raw_path: "/",
+            query: Some("max-keys=2&prefix=K"),
+            headers: &h,
+        };
+        assert_eq!(
+            verify(&other, secret, "us-east-1", now, &KeyCache::default()),
+            Err(SigError::Mismatch)
+        );
+    }
+
+    /// Requests boto3 1.44 really sent (captured by a socket that answered 200), replayed:
+    /// a PutObject of a key with a space, `+`, `!()~*'` and a non-ASCII letter, with its
+    /// default CRC32 header; a ListObjectsV2 whose prefix has a `+` and a space; a presigned
+    /// GET with a response-content-disposition that needs encoding.
+    #[test]
+    fn captured_boto3_requests_verify() {
+        let boto = |ak: &str| (ak == "AKIDLOCALTEST0000001").then(|| "s3cr3t/abc+def".to_string());
+        let put = headers(&[
+            ("host", "127.0.0.1:48287"),
+            ("accept-encoding", "identity"),
+            ("expect", "100-continue"),
+            ("x-amz-checksum-crc32", "94Re7Q=="),
+            ("x-amz-sdk-checksum-algorithm", "CRC32"),
+            ("x-amz-date", "20261206T051131Z"),
+            ("x-amz-content-sha256", "990cb8ebd0afb7150da453a213036a92f2c05e091df0d803e62d257ea7796c27"),
+            ("authorization", "AWS4-HMAC-SHA256 Credential=AKIDLOCALTEST0000001/20261206/us-east-1/s3/aws4_request, SignedHeaders=host;x-amz-checksum-crc32;x-amz-content-sha256;x-amz-date;x-amz-sdk-checksum-algorithm, Signature=43b893d9c9f74cf27a7a2d4b6034c6595d27a044ba4fe3332dcb88a5aa080416"),
+            ("content-length", "3"),
+        ]);
+        let req = Inbound {
+            method: "PUT",
+            raw_path: "/media/user_a1/images/a%20b%2Bc%21%28x%29~%2A%27%C3%A9.png",
+            query: None,
+            headers: &put,
+        };
+        let v = verify(
+            &req,
+            boto,
+            "us-east-1",
+            at("20261206T051131Z"),
+            &KeyCache::default(),
+        )
+        .expect("boto3's PutObject verifies");
+        assert_eq!(
+            v.payload,
+            PayloadMode::Sha256(
+                "990cb8ebd0afb7150da453a213036a92f2c05e091df0d803e62d257ea7796c27".into()
+            )
+        );
+        let key = super::super::ops::classify("PUT", req.raw_path, None, &put, "media")
+            .unwrap()
+            .key;
+        assert_eq!(
+            key.as_deref(),
+            Some("user_a1/images/a b+c!(x)~*'\u{e9}.png")
+        );
+        let list = headers(&[
+            ("host", "127.0.0.1:48287"),
+            ("x-amz-date", "20261206T051132Z"),
+            ("x-amz-content-sha256", EMPTY_SHA256),
+            ("authorization", "AWS4-HMAC-SHA256 Credential=AKIDLOCALTEST0000001/20261206/us-east-1/s3/aws4_request, SignedHeaders=host;x-amz-content-sha256;x-amz-date, Signature=5157679e47586c4128e19dc94f50af9b273b846caa79f1b5cf803adf2cac5bac"),
+        ]);
+        let q = "list-type=2&prefix=user_a%2Fa%2Bb%20c&max-keys=5&encoding-type=url";
+        let req = Inbound {
+            method: "GET",
+            raw_path: "/media",
+            query: Some(q),
+            headers: &list,
+        };
+        verify(
+            &req,
+            boto,
+            "us-east-1",
+            at("20261206T051132Z"),
+            &KeyCache::default(),
+        )
+        .expect("boto3's ListObjectsV2 verifies");
+        // The same query with the + left raw is a literal plus too: the same signature.
+        let raw_plus = Inbound {
+            query: Some("list-type=2&prefix=user_a/a+b%20c&max-keys=5&encoding-type=url"),
+            ..req
+        };
+        assert!(verify(
+            &raw_plus,
+            boto,
+            "us-east-1",
+            at("20261206T051132Z"),
+            &KeyCache::default()
+        )
+        .is_ok());
+        // A + meant as a space is not one.
+        let plus_space = Inbound {
+            query: Some("list-type=2&prefix=user_a%2Fa%2Bb+c&max-keys=5&encoding-type=url"),
+            ..req
+        };
+        assert_eq!(
+            verify(
+                &plus_space,
+                boto,
+                "us-east-1",
+                at("20261206T051132Z"),
+                &KeyCache::default()
+            ),
+            Err(SigError::Mismatch)
+        );
+        let pre = headers(&[("host", "127.0.0.1:9")]);
+        let req = Inbound {
+            method: "GET",
+            raw_path: "/media/user_a1/images/pre.png",
+            query: Some("response-content-disposition=attachment%3B%20filename%3D%22a%2Bb.png%22&X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential=AKIDLOCALTEST0000001%2F20261206%2Fus-east-1%2Fs3%2Faws4_request&X-Amz-Date=20261206T052023Z&X-Amz-Expires=300&X-Amz-SignedHeaders=host&X-Amz-Signature=80ef37751af97d4ec478abf05030c61d5ddcf72921b7bf731eccc4161a4efd76"),
+            headers: &pre,
+        };
+        let v = verify(
+            &req,
+            |ak| (ak == "AKIDLOCALTEST0000001").then(|| "x".to_string()),
+            "us-east-1",
+            at("20261206T052100Z"),
+            &KeyCache::default(),
+        )
+        .expect("boto3's presigned GET verifies");
+        assert!(v.presigned);
+        assert_eq!(
+            claimed_access_key(&req).as_deref(),
+            Some("AKIDLOCALTEST0000001")
+        );
+        let h = headers(&[("authorization", "AWS4-HMAC-SHA256 Credential=AKIDX/20261206/us-east-1/s3/aws4_request, SignedHeaders=host, Signature=00")]);
+        assert_eq!(
+            claimed_access_key(&Inbound {
+                method: "GET",
+                raw_path: "/",
+                query: None,
+                headers: &h
+            })
+            .as_deref(),
+            Some("AKIDX")
         );
     }
 

@@ -105,6 +105,21 @@ def happy(endpoint, bucket, key_id, secret):
     assert quiet.get_object(Bucket=bucket, Key="user_a1/blogs/post.md")["Body"].read() == b"# hello"
     s3.put_object(Bucket=bucket, Key="user_a1/blogs/crc.md", Body=b"crc", ChecksumAlgorithm="SHA256")
     step("checksum_modes")
+    # A prefix with a plus and a space: boto3 sends %2B and %20, Portier forwards what it checked.
+    s3.put_object(Bucket=bucket, Key="user_a1/blogs/a+b c.md", Body=b"plus")
+    # (The embedded store does not encode keys for encoding-type=url, so boto3's decoding of
+    # the listed key turns its + into a space: the count and size are what is checked.)
+    listed = s3.list_objects_v2(Bucket=bucket, Prefix="user_a1/blogs/a+b ")
+    assert [o["Size"] for o in listed.get("Contents", [])] == [4], listed
+    listed = s3.list_objects_v2(Bucket=bucket, Prefix="user_a1/blogs/a b")
+    assert listed["KeyCount"] == 0, "a + became a space on the way"
+    step("list_special_prefix")
+    out = s3.delete_objects(Bucket=bucket, Delete={"Objects": [{"Key": "user_a1/blogs/a+b c.md"}], "Quiet": True})
+    # (The embedded store lists deleted keys even when quiet; the Rust test checks Portier
+    # sent <Quiet>true</Quiet>.)
+    assert not out.get("Errors"), out
+    expect_error(lambda: s3.head_object(Bucket=bucket, Key="user_a1/blogs/a+b c.md"), "404")
+    step("delete_objects_quiet")
     out = s3.delete_objects(Bucket=bucket, Delete={"Objects": [{"Key": "user_a1/images/copy.png"}, {"Key": "user_a1/images/pre.png"}]})
     assert len(out.get("Errors", [])) == 0, out
     expect_error(lambda: s3.head_object(Bucket=bucket, Key="user_a1/images/copy.png"), "404")
