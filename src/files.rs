@@ -5,15 +5,18 @@
 //! first bytes and the size while streaming, and talks to the store
 //! ([`crate::s3::client`]).
 //!
-//! An object is stored whole or not at all. A file that fits one part goes up as one
-//! PutObject with its length; a larger one as a multipart upload (8 MiB parts in memory, at
-//! most one at a time), completed only after its last byte arrived and aborted on any
-//! failure, so nothing is visible under the key before that. When the form names the key
-//! after the file, the file is spooled to disk (bounded) and sent as one PutObject once the
-//! key is known and allowed.
+//! An object is stored whole or not at all, and only once the whole form has arrived and
+//! parsed: a refusal, a malformed or cut-off form (even after the file), a store error or a
+//! client that goes away stores nothing. A file that fits one part goes up as one PutObject
+//! with its length once the form ends; a larger one as a multipart upload (8 MiB parts in
+//! memory, at most one at a time) whose last part and completion wait for the end of the
+//! form, and which is aborted whatever path drops it unfinished. When the form names the key
+//! after the file, the file is spooled to disk (bounded, mode 0600, removed on every path)
+//! and sent as one PutObject once the key is known and allowed.
 
 use std::io;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
@@ -21,7 +24,7 @@ use bytes::{Bytes, BytesMut};
 use serde_json::{json, Value};
 use tokio::io::AsyncWriteExt;
 
-use crate::admission::s3::{KeyPlan, ListPlan};
+use crate::admission::s3::{download_extras, literal_kind, KeyPlan, ListPlan};
 use crate::error::Reason;
 use crate::policy::ContentType;
 use crate::s3::client::{file_body, full, ClientError};
@@ -40,6 +43,12 @@ pub const PART_SIZE: usize = 8 * 1024 * 1024;
 /// Longest `s3_key` field accepted.
 const MAX_KEY_FIELD: usize = 2048;
 
+/// Spool files are named `<prefix><random>` in `[s3] spool_dir`.
+const SPOOL_PREFIX: &str = "portier-upload-";
+
+/// A spool file this old was left by a process that died mid-upload.
+pub const STALE_SPOOL: Duration = Duration::from_secs(24 * 3600);
+
 /// Why a file API request failed.
 #[derive(Debug, thiserror::Error)]
 pub enum FilesError {
@@ -49,7 +58,8 @@ pub enum FilesError {
     Store(#[from] ClientError),
     #[error("spool file: {0}")]
     Spool(io::Error),
-    #[error("the client went away mid-upload: {0}")]
+    /// Reading the request body failed (the client went away or stopped sending).
+    #[error("reading the upload: {0}")]
     Client(String),
 }
 
@@ -58,6 +68,7 @@ impl FilesError {
         match self {
             FilesError::Refused(r) => *r,
             FilesError::Store(e) if e.is_auth() => Reason::UpstreamAuthFailed,
+            FilesError::Store(e) if e.is_timeout() => Reason::UpstreamTimeout,
             FilesError::Store(_) => Reason::UpstreamUnavailable,
             FilesError::Spool(_) => Reason::Internal,
             FilesError::Client(_) => Reason::BadRequest,
@@ -94,7 +105,7 @@ fn store_type(plan: &KeyPlan, head: &[u8], declared: Option<&str>) -> Result<Str
         .to_string())
 }
 
-/// A spool file removed when dropped.
+/// A spool file, removed when dropped (on every path: stored, refused, failed).
 struct Spool {
     path: PathBuf,
 }
@@ -113,14 +124,52 @@ struct Spooled {
     declared: Option<String>,
 }
 
-/// Receives the form and stores its `file` under its `s3_key`. `decide` authorizes a key with
-/// the object route's policy; `max_body` bounds the whole form (and a spooled file).
+/// Removes spool files older than `older_than` from `dir` (left by a process that died
+/// mid-upload); returns how many. Only regular files named like spool files are touched.
+pub fn sweep_spool(dir: &Path, older_than: Duration) -> usize {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    let mut removed = 0;
+    for e in entries.flatten() {
+        if !e
+            .file_name()
+            .to_str()
+            .is_some_and(|n| n.starts_with(SPOOL_PREFIX))
+        {
+            continue;
+        }
+        // The entry's own metadata: a symlink is not followed.
+        let Ok(meta) = e.metadata() else { continue };
+        let stale = meta
+            .modified()
+            .ok()
+            .and_then(|m| m.elapsed().ok())
+            .is_some_and(|age| age > older_than);
+        if meta.is_file() && stale && std::fs::remove_file(e.path()).is_ok() {
+            removed += 1;
+        }
+    }
+    if removed > 0 {
+        log::info!(
+            "removed {removed} stale upload spool file(s) from {}",
+            dir.display()
+        );
+    }
+    removed
+}
+
+/// Receives the form and stores its `file` under its `s3_key`, once the whole form parsed.
+/// `decide` authorizes a key with the object route's policy; `max_body` bounds the whole form
+/// (and a spooled file). `kind` is set to the key's kind folder as soon as the key is known,
+/// so a refusal is logged with it too.
 pub async fn upload(
     body: &mut dyn BodySource,
     boundary: &str,
-    backend: &S3Backend,
+    backend: &Arc<S3Backend>,
     max_body: u64,
     decide: &(dyn Fn(&str) -> Result<KeyPlan, Reason> + Sync),
+    kind: &mut Option<String>,
 ) -> Result<Uploaded, FilesError> {
     let stream = futures_util::stream::unfold(body, |b| async move {
         match b.next_chunk().await {
@@ -134,7 +183,9 @@ pub async fn upload(
     let mut form = multer::Multipart::with_constraints(stream, boundary, constraints);
     let mut key: Option<String> = None;
     let mut spooled: Option<Spooled> = None;
-    let mut stored: Option<Uploaded> = None;
+    // A file received under a known key: parts may be in the store already, but nothing is
+    // visible under the key until it is committed, after the form's closing boundary.
+    let mut received: Option<Received> = None;
     loop {
         let field = match form.next_field().await {
             Ok(Some(f)) => f,
@@ -144,20 +195,22 @@ pub async fn upload(
         match field.name() {
             Some("s3_key") if key.is_none() => {
                 let text = read_small(field, MAX_KEY_FIELD).await?;
+                *kind = literal_kind(&text);
                 key = Some(text);
             }
-            Some("file") if stored.is_none() && spooled.is_none() => match &key {
+            Some("file") if received.is_none() && spooled.is_none() => match &key {
                 Some(k) => {
                     let plan = decide(k)?;
-                    stored = Some(stream_to_store(field, &plan, backend).await?);
+                    received = Some(receive(field, plan, backend).await?);
                 }
                 None => spooled = Some(spool(field, backend, max_body).await?),
             },
+            // An unknown or repeated field: the whole form is refused, the file with it.
             _ => return Err(Reason::BadRequest.into()),
         }
     }
-    if let Some(done) = stored {
-        return Ok(done);
+    if let Some(r) = received {
+        return r.commit().await;
     }
     let (Some(key), Some(file)) = (key, spooled) else {
         return Err(Reason::BadRequest.into());
@@ -220,14 +273,17 @@ async fn spool(
     let path = backend
         .config
         .spool_dir
-        .join(format!("portier-upload-{:016x}", rand::random::<u64>()));
-    let spool = Spool { path };
-    let mut file = tokio::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(&spool.path)
+        .join(format!("{SPOOL_PREFIX}{:016x}", rand::random::<u64>()));
+    // Readable by Portier's user only: it holds a user's upload.
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+    let mut file = tokio::fs::OpenOptions::from(opts)
+        .open(&path)
         .await
         .map_err(FilesError::Spool)?;
+    // Ours from here on (create_new): removed whatever happens next.
+    let spool = Spool { path };
     let declared = field.content_type().map(|m| m.essence_str().to_string());
     let mut size = 0u64;
     let mut head = Vec::new();
@@ -251,134 +307,162 @@ async fn spool(
     })
 }
 
-/// An open multipart upload, aborted unless completed.
-struct Multipart<'a> {
-    backend: &'a S3Backend,
-    key: &'a str,
+/// An open multipart upload. Dropped without [`Multipart::completed`] (a refusal, a store
+/// error, a client gone, a cut-off form, any early return), it is aborted in the background:
+/// the store discards its parts.
+struct Multipart {
+    backend: Arc<S3Backend>,
+    key: String,
     id: String,
     parts: Vec<(u32, String)>,
+    completed: bool,
 }
 
-impl Multipart<'_> {
-    async fn abort(self) {
-        let b = self.backend;
-        let Ok(bucket) = b.bucket() else {
-            log::warn!(
-                "no S3 credentials to abort the multipart upload of {}",
-                self.key
-            );
+impl Drop for Multipart {
+    fn drop(&mut self) {
+        if self.completed {
             return;
-        };
-        if let Err(e) = b.client.abort_multipart(bucket, self.key, &self.id).await {
-            log::warn!("could not abort multipart upload of {}: {e}", self.key);
+        }
+        let backend = self.backend.clone();
+        let key = std::mem::take(&mut self.key);
+        let id = std::mem::take(&mut self.id);
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => {
+                rt.spawn(async move { abort_multipart(&backend, &key, &id).await });
+            }
+            Err(_) => log::warn!("no runtime to abort the multipart upload of {key}"),
         }
     }
 }
 
-async fn stream_to_store(
+async fn abort_multipart(backend: &S3Backend, key: &str, id: &str) {
+    let Ok(bucket) = backend.bucket() else {
+        log::warn!("no S3 credentials to abort the multipart upload of {key}");
+        return;
+    };
+    match backend.client.abort_multipart(bucket, key, id).await {
+        Ok(()) => log::info!("multipart upload of {key} aborted"),
+        Err(e) => log::warn!(
+            "could not abort the multipart upload of {key} ({e}); its parts stay until a lifecycle rule removes them"
+        ),
+    }
+}
+
+/// A file received under an allowed key, not yet visible in the store: the bytes after the
+/// last part sent, and the multipart upload holding the parts sent, if any.
+struct Received {
+    backend: Arc<S3Backend>,
+    plan: KeyPlan,
+    size: u64,
+    content_type: String,
+    tail: BytesMut,
+    open: Option<Multipart>,
+}
+
+async fn receive(
     mut field: multer::Field<'_>,
-    plan: &KeyPlan,
-    backend: &S3Backend,
-) -> Result<Uploaded, FilesError> {
+    plan: KeyPlan,
+    backend: &Arc<S3Backend>,
+) -> Result<Received, FilesError> {
     let declared = field.content_type().map(|m| m.essence_str().to_string());
-    let mut buf = BytesMut::new();
-    let mut size = 0u64;
-    let mut content_type: Option<String> = None;
-    let mut open: Option<Multipart<'_>> = None;
-    let result: Result<(), FilesError> = async {
-        loop {
-            let chunk = field.chunk().await.map_err(form_error)?;
-            let Some(c) = chunk else { break };
-            size += c.len() as u64;
-            if size > plan.limit {
-                return Err(Reason::BodyTooLarge.into());
-            }
-            buf.extend_from_slice(&c);
-            if content_type.is_none() && buf.len() >= ContentType::SNIFF_LEN {
-                content_type = Some(store_type(plan, &buf, declared.as_deref())?);
-            }
-            while buf.len() >= PART_SIZE {
-                let part = buf.split_to(PART_SIZE).freeze();
-                let ct = content_type
-                    .as_deref()
-                    .unwrap_or("application/octet-stream");
-                if open.is_none() {
-                    let id = backend
-                        .client
-                        .create_multipart(backend.bucket()?, &plan.key, ct)
-                        .await?;
-                    open = Some(Multipart {
-                        backend,
-                        key: &plan.key,
-                        id,
-                        parts: Vec::new(),
-                    });
-                }
-                if let Some(m) = open.as_mut() {
-                    let n = m.parts.len() as u32 + 1;
-                    let etag = backend
-                        .client
-                        .upload_part(backend.bucket()?, &plan.key, &m.id, n, part)
-                        .await?;
-                    m.parts.push((n, etag));
-                }
-            }
+    let mut r = Received {
+        backend: backend.clone(),
+        plan,
+        size: 0,
+        content_type: String::new(),
+        tail: BytesMut::new(),
+        open: None,
+    };
+    let mut typed = false;
+    while let Some(c) = field.chunk().await.map_err(form_error)? {
+        r.size += c.len() as u64;
+        if r.size > r.plan.limit {
+            return Err(Reason::BodyTooLarge.into());
         }
-        if content_type.is_none() {
-            content_type = Some(store_type(plan, &buf, declared.as_deref())?);
+        r.tail.extend_from_slice(&c);
+        if !typed && r.tail.len() >= ContentType::SNIFF_LEN {
+            r.content_type = store_type(&r.plan, &r.tail, declared.as_deref())?;
+            typed = true;
+        }
+        // Only a part with more bytes after it goes up now: the last one (and the
+        // completion) wait for the end of the form.
+        while r.tail.len() > PART_SIZE {
+            let part = r.tail.split_to(PART_SIZE).freeze();
+            r.send_part(part).await?;
+        }
+    }
+    if !typed {
+        r.content_type = store_type(&r.plan, &r.tail, declared.as_deref())?;
+    }
+    Ok(r)
+}
+
+impl Received {
+    async fn send_part(&mut self, part: Bytes) -> Result<(), FilesError> {
+        let b = &self.backend;
+        if self.open.is_none() {
+            let id = b
+                .client
+                .create_multipart(b.bucket()?, &self.plan.key, &self.content_type)
+                .await?;
+            self.open = Some(Multipart {
+                backend: b.clone(),
+                key: self.plan.key.clone(),
+                id,
+                parts: Vec::new(),
+                completed: false,
+            });
+        }
+        if let Some(m) = self.open.as_mut() {
+            let n = m.parts.len() as u32 + 1;
+            let etag = b
+                .client
+                .upload_part(b.bucket()?, &m.key, &m.id, n, part)
+                .await?;
+            m.parts.push((n, etag));
         }
         Ok(())
     }
-    .await;
-    if let Err(e) = result {
-        if let Some(m) = open {
-            m.abort().await;
-        }
-        return Err(e);
-    }
-    let content_type = content_type.unwrap_or_else(|| "application/octet-stream".into());
-    match open {
-        None => {
-            backend
-                .client
-                .put_object(
-                    backend.bucket()?,
-                    &plan.key,
-                    &content_type,
-                    buf.len() as u64,
-                    full(buf.freeze()),
-                )
-                .await?;
-        }
-        Some(mut m) => {
-            let last: Result<(), FilesError> = async {
-                if !buf.is_empty() {
+
+    /// Makes the object visible: one PutObject, or the last part and the completion. On a
+    /// failure the multipart upload is dropped, hence aborted.
+    async fn commit(mut self) -> Result<Uploaded, FilesError> {
+        let b = self.backend.clone();
+        let tail = std::mem::take(&mut self.tail).freeze();
+        match self.open.take() {
+            None => {
+                b.client
+                    .put_object(
+                        b.bucket()?,
+                        &self.plan.key,
+                        &self.content_type,
+                        tail.len() as u64,
+                        full(tail),
+                    )
+                    .await?;
+            }
+            Some(mut m) => {
+                if !tail.is_empty() {
                     let n = m.parts.len() as u32 + 1;
-                    let etag = backend
+                    let etag = b
                         .client
-                        .upload_part(backend.bucket()?, &plan.key, &m.id, n, buf.freeze())
+                        .upload_part(b.bucket()?, &m.key, &m.id, n, tail)
                         .await?;
                     m.parts.push((n, etag));
                 }
-                backend
-                    .client
-                    .complete_multipart(backend.bucket()?, &plan.key, &m.id, &m.parts)
+                b.client
+                    .complete_multipart(b.bucket()?, &m.key, &m.id, &m.parts)
                     .await?;
-                Ok(())
-            }
-            .await;
-            if let Err(e) = last {
-                m.abort().await;
-                return Err(e);
+                m.completed = true;
             }
         }
+        Ok(Uploaded {
+            key: self.plan.key,
+            kind: self.plan.kind,
+            size: self.size,
+            content_type: self.content_type,
+        })
     }
-    Ok(Uploaded {
-        key: plan.key.clone(),
-        kind: plan.kind.clone(),
-        size,
-        content_type,
-    })
 }
 
 /// The signing time and lifetime of a stable presigned GET: the time rounded down to the
@@ -424,23 +508,21 @@ pub fn presigned_url(
         .map(Duration::from_secs)
         .unwrap_or(cfg.presign_default)
         .min(cfg.presign_max);
-    let creds = backend.credentials()?;
+    let set = backend
+        .creds
+        .signing_set()
+        .ok_or(Reason::S3CredentialsUnavailable)?;
     let now = SystemTime::now();
-    let left = backend.creds.usable_for();
-    let (at, lifetime, capped) = match left {
-        Some(left) if left < asked => (now, Duration::from_secs(left.as_secs().max(1)), true),
-        _ if method == "GET" => {
-            let (at, lifetime) = stable_signing(now, cfg.presign_stable, asked, cfg.presign_max);
-            match left {
-                // Rounded down and stretched, it must still end before the credentials do.
-                Some(left) if at + lifetime > now + left => (now, asked, false),
-                _ => (at, lifetime, false),
-            }
-        }
-        _ => (now, asked, false),
-    };
+    let (at, lifetime, capped) = signing_window(
+        now,
+        method == "GET",
+        asked,
+        cfg.presign_stable,
+        cfg.presign_max,
+        set.until.map(|u| (set.fetched, u)),
+    );
     let url =
-        presign_with(&creds, &cfg.target, method, key, lifetime, at, extras).map_err(|e| {
+        presign_with(&set.creds, &cfg.target, method, key, lifetime, at, extras).map_err(|e| {
             log::error!("presigning failed: {e}");
             Reason::Internal
         })?;
@@ -456,15 +538,39 @@ pub fn presigned_url(
     })
 }
 
-/// The download disposition a presigned GET binds for a key of a kind with `types`.
-pub fn download_extras(types: &[ContentType]) -> PresignExtras {
-    let mut extras = PresignExtras::default();
-    if types.is_empty() {
-        extras
-            .query
-            .push(("response-content-disposition".into(), "attachment".into()));
+/// When a URL asked for `asked` is signed and how long it lives, and whether temporary
+/// credentials (`fetched`, usable `until`) cut it short. A stable GET is signed at the
+/// window's start (never before its credentials were fetched) and, under credentials that
+/// end first, lives until they do: the same URL all through the window either way, where
+/// signing "now" would give a new one every second.
+fn signing_window(
+    now: SystemTime,
+    stable: bool,
+    asked: Duration,
+    window: Duration,
+    max: Duration,
+    temporary: Option<(SystemTime, SystemTime)>,
+) -> (SystemTime, Duration, bool) {
+    let (mut at, mut lifetime) = if stable {
+        stable_signing(now, window, asked, max)
+    } else {
+        (now, asked)
+    };
+    let Some((fetched, until)) = temporary else {
+        return (at, lifetime, false);
+    };
+    if at < fetched {
+        let secs = fetched
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs();
+        at = (UNIX_EPOCH + Duration::from_secs(secs)).min(now);
     }
-    extras
+    if at + lifetime > until {
+        let left = until.duration_since(at).unwrap_or_default().as_secs();
+        lifetime = Duration::from_secs(left.max(1));
+    }
+    (at, lifetime, now + asked > until)
 }
 
 /// Deletes keys already authorized; any key the store keeps is an error.
@@ -485,11 +591,7 @@ pub async fn delete(backend: &S3Backend, keys: &[String]) -> Result<Value, Files
 }
 
 /// One page of the caller's files of one kind, each with a stable presigned GET URL.
-pub async fn list(
-    backend: &S3Backend,
-    plan: &ListPlan,
-    types: &[ContentType],
-) -> Result<Value, FilesError> {
+pub async fn list(backend: &S3Backend, plan: &ListPlan) -> Result<Value, FilesError> {
     let page = backend
         .client
         .list(
@@ -499,7 +601,7 @@ pub async fn list(
             plan.token.as_deref(),
         )
         .await?;
-    let extras = download_extras(types);
+    let extras = download_extras();
     let mut files = Vec::with_capacity(page.objects.len());
     for o in page.objects {
         // The store was asked for this prefix only; anything else is not shown.
@@ -547,6 +649,99 @@ mod tests {
             stable_signing(t(1_000_010), w, Duration::from_secs(1), max),
             (t(1_000_010), Duration::from_secs(1))
         );
+    }
+
+    #[test]
+    fn urls_under_temporary_credentials_stay_stable_and_end_with_them() {
+        let w = Duration::from_secs(300);
+        let max = Duration::from_secs(3600);
+        let asked = Duration::from_secs(3600);
+        let t = |s: u64| UNIX_EPOCH + Duration::from_secs(s);
+        // Credentials fetched at 1_000_050.4, usable until 1_000_062: less than asked.
+        let fetched = t(1_000_050) + Duration::from_millis(400);
+        let until = t(1_000_062);
+        let a = signing_window(t(1_000_051), true, asked, w, max, Some((fetched, until)));
+        let b = signing_window(t(1_000_058), true, asked, w, max, Some((fetched, until)));
+        assert_eq!(a, b, "the same URL inputs all through the window");
+        let (at, lifetime, capped) = a;
+        assert!(capped);
+        assert_eq!(
+            at,
+            t(1_000_050),
+            "never signed before the credentials were fetched"
+        );
+        assert!(at + lifetime <= until, "never outlives the credentials");
+        assert_eq!(lifetime, Duration::from_secs(12));
+        // Long-lived credentials: the plain stable window, not capped.
+        let (at, lifetime, capped) = signing_window(
+            t(1_000_051),
+            true,
+            asked,
+            w,
+            Duration::from_secs(7200),
+            Some((t(990_000), t(1_100_000))),
+        );
+        assert_eq!((at, lifetime, capped), (t(999_900), asked + w, false));
+        // Static keys: as stable_signing says.
+        assert_eq!(
+            signing_window(t(1_000_051), true, asked, w, max, None),
+            (t(999_900), max, false)
+        );
+        // A PUT is signed now, capped all the same.
+        let (at, lifetime, capped) =
+            signing_window(t(1_000_051), false, asked, w, max, Some((fetched, until)));
+        assert_eq!(
+            (at, lifetime, capped),
+            (t(1_000_051), Duration::from_secs(11), true)
+        );
+    }
+
+    #[test]
+    fn json_keys_are_literal() {
+        use crate::admission::s3::{literal_key, literal_kind};
+        // `%41` is not decoded: refused as ambiguous, as `%2541` in a path is.
+        assert!(literal_key("user_x/images/a%41.png").is_err());
+        // A `%` that escapes nothing is kept, as `%25` in a path gives it.
+        assert_eq!(
+            literal_key("user_x/docs/100%.txt").as_deref(),
+            Ok("user_x/docs/100%.txt")
+        );
+        assert_eq!(
+            literal_key("user_x/images/my photo.png").as_deref(),
+            Ok("user_x/images/my photo.png")
+        );
+        assert!(literal_key("user_x/images/../a.png").is_err());
+        assert!(literal_key("user_x//a.png").is_err());
+        assert_eq!(
+            literal_kind("user_x/images/a.png").as_deref(),
+            Some("images")
+        );
+        assert_eq!(literal_kind("user_x/images/%41"), None);
+    }
+
+    #[test]
+    fn stale_spool_files_are_swept() {
+        let dir = std::env::temp_dir().join(format!("portier-sweep-{:x}", rand::random::<u64>()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let old = dir.join(format!("{SPOOL_PREFIX}old"));
+        let fresh = dir.join(format!("{SPOOL_PREFIX}fresh"));
+        let other = dir.join("unrelated-old");
+        for p in [&old, &fresh, &other] {
+            std::fs::write(p, b"x").unwrap();
+        }
+        let two_days = SystemTime::now() - Duration::from_secs(2 * 24 * 3600);
+        for p in [&old, &other] {
+            std::fs::File::options()
+                .write(true)
+                .open(p)
+                .unwrap()
+                .set_modified(two_days)
+                .unwrap();
+        }
+        assert_eq!(sweep_spool(&dir, STALE_SPOOL), 1);
+        assert!(!old.exists());
+        assert!(fresh.exists() && other.exists());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

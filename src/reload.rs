@@ -28,6 +28,8 @@ pub enum ReloadError {
     Start(#[from] StartError),
     #[error("reload task failed: {0}")]
     Task(#[from] tokio::task::JoinError),
+    #[error("{0}; the current S3 credentials keep serving")]
+    S3Credentials(String),
 }
 
 /// What a successful reload did.
@@ -44,7 +46,16 @@ impl Gateway {
         let _guard = self.reload_lock.lock().await;
         let gw = self.clone();
         let result = tokio::task::spawn_blocking(move || gw.prepare()).await;
-        match result.map_err(ReloadError::from).and_then(|r| Ok(r?)) {
+        let result = match result.map_err(ReloadError::from).and_then(|r| Ok(r?)) {
+            // New S3 credentials are loaded before the swap, never by requests after it.
+            Ok((live, restart)) => live
+                .load_new_credentials(&self.live())
+                .await
+                .map(|()| (live, restart))
+                .map_err(ReloadError::S3Credentials),
+            Err(e) => Err(e),
+        };
+        match result {
             Ok((live, restart_required)) => {
                 let generation = live.generation;
                 self.install(live);

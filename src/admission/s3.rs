@@ -14,7 +14,7 @@ use crate::policy::{
     RouteKind,
 };
 use crate::s3::front::{list_query, object_path, PresignMethod, PresignRequest};
-use crate::s3::{canonical_key, kind_folder, KeyError, PresignExtras};
+use crate::s3::{canonical_key, encode_key_for_path, kind_folder, KeyError, PresignExtras};
 
 /// An admitted operation on an object route.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -157,6 +157,16 @@ pub fn operation(
     }
 }
 
+/// A JSON object body as `T`; anything else is 400 `bad_request`. Serde would also read a
+/// struct from an array (`["user_x/images/a.png"]` as a delete of that key), a shape no
+/// client means.
+fn object_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Reason> {
+    if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(Reason::BadRequest);
+    }
+    serde_json::from_slice(body).map_err(|_| Reason::BadRequest)
+}
+
 /// A granted presign request: what to sign.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PresignGrant {
@@ -170,8 +180,8 @@ pub struct PresignGrant {
 /// Decides `POST .../presigned-url`: the object route's own policy decides, for the method
 /// and key asked, exactly as for a direct request. A URL goes straight to the store, so what
 /// Portier would check on the bytes is bound into the URL instead: an upload's exact length
-/// (at most the kind's limit) and media type (one of the kind's types), and a download of a
-/// kind whose types are not checked is served as an attachment, never rendered.
+/// (at most the kind's limit) and media type (one of the kind's types), and a download is
+/// served as an attachment ([`download_extras`]).
 pub fn presign(
     set: &PolicySet,
     presign_route: &Route,
@@ -179,7 +189,7 @@ pub fn presign(
     authn: &Authn,
     default_limit: u64,
 ) -> Result<PresignGrant, Reason> {
-    let ask: PresignRequest = serde_json::from_slice(body).map_err(|_| Reason::BadRequest)?;
+    let ask: PresignRequest = object_body(body)?;
     if ask.expires_in == Some(0) {
         return Err(Reason::BadRequest);
     }
@@ -224,13 +234,7 @@ pub fn presign(
                 (None, true) => {}
             }
         }
-        PresignMethod::Get => {
-            if types.is_empty() {
-                extras
-                    .query
-                    .push(("response-content-disposition".into(), "attachment".into()));
-            }
-        }
+        PresignMethod::Get => extras = download_extras(),
     }
     Ok(PresignGrant {
         method: ask.method,
@@ -238,6 +242,65 @@ pub fn presign(
         expires_in: ask.expires_in,
         extras,
     })
+}
+
+/// What every presigned GET Portier issues binds: `response-content-disposition=attachment`,
+/// whatever the kind. The URL bypasses Portier, and the egress listener lets backends write
+/// keys without the front door's type checks, so a stored type is not trusted to render: a
+/// navigation to the URL downloads the object, while `<img>`/`<video>` tags ignore the
+/// disposition and still show it.
+pub fn download_extras() -> PresignExtras {
+    PresignExtras {
+        headers: Vec::new(),
+        query: vec![("response-content-disposition".into(), "attachment".into())],
+    }
+}
+
+/// The key rules on a key given literally (a JSON string or a form field): nothing is
+/// percent-decoded, the key is exactly what was sent. It is checked as the object route
+/// checks the decoded key of a path, so the two accept the same keys: a `%` not followed by
+/// two hex digits is an ordinary character (`100%.txt`; `100%25.txt` in a path), and a `%`
+/// followed by two (`a%41.png`) is refused as ambiguous (400 `bad_key`), as a path's `%2541`
+/// is.
+pub fn literal_key(key: &str) -> Result<String, KeyError> {
+    canonical_key(&encode_key_for_path(key))
+}
+
+/// The kind folder of a literal key that passes the key rules, for the decision log (also
+/// of refused requests).
+pub fn literal_kind(key: &str) -> Option<String> {
+    literal_key(key)
+        .ok()
+        .and_then(|k| kind_folder(&k).map(str::to_string))
+}
+
+/// The kind a refused JSON request (presign, delete) was about, when its body names a valid
+/// key: the decision log records it for refusals too. Read leniently; never decides.
+pub fn asked_kind(body: &[u8]) -> Option<String> {
+    let v: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let key = v
+        .get("s3_key")
+        .or_else(|| v.get("key"))
+        .or_else(|| v.get("s3_keys").and_then(|ks| ks.get(0)))?
+        .as_str()?;
+    literal_kind(key)
+}
+
+/// The kind folder a list request asks for (`content_type=image` is `images`), when well
+/// formed, for the decision log of a refused listing.
+pub fn asked_list_kind(query: Option<&str>) -> Option<String> {
+    let ct = url_pairs(query.unwrap_or(""))?
+        .into_iter()
+        .find(|(k, _)| k == "content_type")?
+        .1;
+    valid_list_type(&ct).then(|| format!("{ct}s"))
+}
+
+fn valid_list_type(ct: &str) -> bool {
+    !ct.is_empty()
+        && ct
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b == b'_' || b == b'-')
 }
 
 /// What the object route's policy says about one key: the canonical key, its kind, its size
@@ -253,6 +316,7 @@ pub struct KeyPlan {
 /// Decides one key exactly as a direct request to the object route (`method` on
 /// `<prefix>/<key>`) would be decided: the key's form, its owner, its kind and the kind's
 /// plan and feature rules, the route's requirements. Every file API operation calls this.
+/// `key` is literal (a JSON string, a form field): see [`literal_key`].
 pub fn authorize_key(
     set: &PolicySet,
     object_route: usize,
@@ -261,7 +325,10 @@ pub fn authorize_key(
     authn: &Authn,
     default_limit: u64,
 ) -> Result<KeyPlan, Reason> {
-    let key = canonical_key(key).map_err(|_| Reason::BadKey)?;
+    let key = literal_key(key).map_err(|e| {
+        log::info!("bad object key: {e}");
+        Reason::BadKey
+    })?;
     let route = set.routes.get(object_route).ok_or(Reason::Internal)?;
     let path = object_path(&route.pattern, &key)
         .and_then(|p| canonicalize(&p).ok())
@@ -316,7 +383,7 @@ pub fn delete_keys(
     body: &[u8],
     authn: &Authn,
 ) -> Result<Vec<String>, Reason> {
-    let ask: DeleteRequest = serde_json::from_slice(body).map_err(|_| Reason::BadRequest)?;
+    let ask: DeleteRequest = object_body(body)?;
     let keys = match (ask.s3_key, ask.s3_keys) {
         (Some(k), None) => vec![k],
         (None, Some(ks)) if !ks.is_empty() && ks.len() <= MAX_BATCH_DELETE => ks,
@@ -376,11 +443,7 @@ pub fn list_request(
     if user != id.user_id {
         return Err(Reason::NotOwner);
     }
-    if ct.is_empty()
-        || !ct
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b == b'_' || b == b'-')
-    {
+    if !valid_list_type(&ct) {
         return Err(Reason::BadRequest);
     }
     let kind = format!("{ct}s");

@@ -34,7 +34,12 @@ pub(super) async fn read_bounded(
         session.as_mut().enable_retry_buffering();
     }
     let mut body = Vec::new();
-    while let Some(chunk) = session.read_request_body().await? {
+    // A read that fails is the client's (stalled: 408 `client_timeout`), not the upstream's.
+    while let Some(chunk) = session
+        .read_request_body()
+        .await
+        .map_err(|e| e.into_down())?
+    {
         if (body.len() + chunk.len()) as u64 > limit {
             return Ok(Err(TooLarge));
         }
@@ -51,7 +56,11 @@ pub(super) async fn sniff(session: &mut Session, n: usize) -> Result<Vec<u8>> {
     session.as_mut().enable_retry_buffering();
     let mut head = Vec::new();
     while head.len() < n {
-        match session.read_request_body().await? {
+        match session
+            .read_request_body()
+            .await
+            .map_err(|e| e.into_down())?
+        {
             Some(chunk) => head.extend_from_slice(&chunk),
             None => break,
         }

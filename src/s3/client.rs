@@ -3,9 +3,15 @@
 //! signed with SigV4 like the proxied requests; XML is read and written with `quick-xml`.
 //! Bodies are a part buffer, a spool file streamed from disk, or a small XML document: never
 //! a whole upload in memory.
+//!
+//! Every request is bounded like the proxied ones (`[s3] connect_timeout_ms`,
+//! `read_timeout_ms`): connecting, and then any stretch in which no request byte is taken and
+//! no answer arrives, may last that long at most.
 
 use std::io;
-use std::time::SystemTime;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, Request, Uri};
@@ -38,6 +44,8 @@ pub enum ClientError {
     Request(#[from] http::Error),
     #[error("TLS roots: {0}")]
     Tls(io::Error),
+    #[error("the store did not answer within {0:?}")]
+    Timeout(Duration),
 }
 
 impl ClientError {
@@ -50,6 +58,26 @@ impl ClientError {
                 ..
             }
         )
+    }
+
+    /// The store did not answer (or accept the connection) in time.
+    pub fn is_timeout(&self) -> bool {
+        match self {
+            ClientError::Timeout(_) => true,
+            ClientError::Http(e) => {
+                let mut source = std::error::Error::source(e);
+                while let Some(s) = source {
+                    if s.downcast_ref::<io::Error>()
+                        .is_some_and(|io| io.kind() == io::ErrorKind::TimedOut)
+                    {
+                        return true;
+                    }
+                    source = s.source();
+                }
+                false
+            }
+            _ => false,
+        }
     }
 }
 
@@ -67,6 +95,40 @@ pub struct Bucket<'a> {
 /// The client, one per bucket backend.
 pub struct StoreClient {
     client: Client<hyper_rustls::HttpsConnector<HttpConnector>, Body>,
+    connect_timeout: Duration,
+    read_timeout: Duration,
+}
+
+/// Request bodies are handed to the connection in slices of this size, so a slow link still
+/// shows progress between them (a part is 8 MiB).
+const SLICE: usize = 256 * 1024;
+
+/// When a request last made progress: a body slice taken by the connection.
+struct Progress {
+    start: Instant,
+    /// Milliseconds after `start`.
+    last: AtomicU64,
+}
+
+impl Progress {
+    /// A request that gets `grace` before the idle clock starts (its connect).
+    fn new(grace: Duration) -> Arc<Progress> {
+        Arc::new(Progress {
+            start: Instant::now(),
+            last: AtomicU64::new(grace.as_millis() as u64),
+        })
+    }
+
+    fn touch(&self) {
+        let now = self.start.elapsed().as_millis() as u64;
+        self.last.fetch_max(now, Ordering::Relaxed);
+    }
+
+    /// How long nothing has moved.
+    fn idle(&self) -> Duration {
+        let now = self.start.elapsed().as_millis() as u64;
+        Duration::from_millis(now.saturating_sub(self.last.load(Ordering::Relaxed)))
+    }
 }
 
 impl std::fmt::Debug for StoreClient {
@@ -132,9 +194,21 @@ fn sha256_hex(b: &[u8]) -> String {
 }
 
 pub fn full(b: impl Into<Bytes>) -> Body {
-    Full::new(b.into())
-        .map_err(|never| match never {})
-        .boxed_unsync()
+    let b: Bytes = b.into();
+    if b.len() <= SLICE {
+        return Full::new(b).map_err(|never| match never {}).boxed_unsync();
+    }
+    // A part in slices (no copy): each one taken by the connection is progress.
+    let slices: Vec<Bytes> = (0..b.len())
+        .step_by(SLICE)
+        .map(|i| b.slice(i..(i + SLICE).min(b.len())))
+        .collect();
+    let stream = futures_util::stream::iter(
+        slices
+            .into_iter()
+            .map(|s| Ok::<_, io::Error>(hyper::body::Frame::data(s))),
+    );
+    BodyExt::boxed_unsync(http_body_util::StreamBody::new(stream))
 }
 
 /// A body streamed from an open file, in 256 KiB reads.
@@ -156,20 +230,72 @@ pub fn file_body(file: tokio::fs::File) -> Body {
 }
 
 impl StoreClient {
-    pub fn new() -> Result<StoreClient, ClientError> {
+    /// A client whose connects take at most `connect_timeout` and whose requests fail after
+    /// `read_timeout` without progress.
+    pub fn new(
+        connect_timeout: Duration,
+        read_timeout: Duration,
+    ) -> Result<StoreClient, ClientError> {
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_connect_timeout(Some(connect_timeout));
         let https = hyper_rustls::HttpsConnectorBuilder::new()
             .with_native_roots()
             .map_err(ClientError::Tls)?
             .https_or_http()
             .enable_http1()
-            .build();
+            .wrap_connector(http);
         // No idle pool: requests come from several Pingora runtimes, and a connection belongs
         // to the runtime that opened it.
         Ok(StoreClient {
             client: Client::builder(TokioExecutor::new())
                 .pool_max_idle_per_host(0)
                 .build(https),
+            connect_timeout,
+            read_timeout,
         })
+    }
+
+    /// Sends a request and reads its (bounded) answer, failing with
+    /// [`ClientError::Timeout`] when nothing moves for `read_timeout`: no body slice taken
+    /// by the connection, no answer. The connect has its own `connect_timeout` on top.
+    async fn exchange(
+        &self,
+        req: http::request::Builder,
+        body: Body,
+    ) -> Result<(u16, HeaderMap, Bytes), ClientError> {
+        let progress = Progress::new(self.connect_timeout);
+        let body = {
+            let p = progress.clone();
+            body.map_frame(move |f| {
+                p.touch();
+                f
+            })
+            .boxed_unsync()
+        };
+        let limit = self.read_timeout;
+        let sent = self.client.request(req.body(body)?);
+        tokio::pin!(sent);
+        let resp = loop {
+            let left = limit.saturating_sub(progress.idle());
+            tokio::select! {
+                r = &mut sent => break r?,
+                _ = tokio::time::sleep(left) => {
+                    if progress.idle() >= limit {
+                        return Err(ClientError::Timeout(limit));
+                    }
+                }
+            }
+        };
+        let status = resp.status().as_u16();
+        let head = resp.headers().clone();
+        let answer =
+            tokio::time::timeout(limit, Limited::new(resp.into_body(), MAX_ANSWER).collect())
+                .await
+                .map_err(|_| ClientError::Timeout(limit))?
+                .map_err(|e| ClientError::Body(e.to_string()))?
+                .to_bytes();
+        Ok((status, head, answer))
     }
 
     /// Signs and sends one request; a non-2xx answer is an error with the store's code.
@@ -203,14 +329,7 @@ impl StoreClient {
         if let Some(h) = req.headers_mut() {
             *h = headers;
         }
-        let resp = self.client.request(req.body(body)?).await?;
-        let status = resp.status().as_u16();
-        let head = resp.headers().clone();
-        let answer = Limited::new(resp.into_body(), MAX_ANSWER)
-            .collect()
-            .await
-            .map_err(|e| ClientError::Body(e.to_string()))?
-            .to_bytes();
+        let (status, head, answer) = self.exchange(req, body).await?;
         if !(200..300).contains(&status) {
             let code = super::front::error_code(&answer).unwrap_or_else(|| "-".into());
             return Err(ClientError::Status { status, code });
@@ -275,18 +394,11 @@ impl StoreClient {
         if let Some(h) = req.headers_mut() {
             *h = headers;
         }
-        let resp = self.client.request(req.body(full(body))?).await?;
-        let status = resp.status().as_u16();
-        let ct = resp
-            .headers()
+        let (status, head, answer) = self.exchange(req, full(body)).await?;
+        let ct = head
             .get(http::header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
-        let answer = Limited::new(resp.into_body(), MAX_ANSWER)
-            .collect()
-            .await
-            .map_err(|e| ClientError::Body(e.to_string()))?
-            .to_bytes();
         Ok((status, ct, answer))
     }
 

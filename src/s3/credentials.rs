@@ -110,6 +110,16 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 const RETRY_MIN: Duration = Duration::from_secs(1);
 const RETRY_MAX: Duration = Duration::from_secs(10);
 
+/// A usable set of credentials, as [`CredentialCache::signing_set`] hands it out.
+#[derive(Clone)]
+pub struct SigningSet {
+    pub creds: Arc<Credentials>,
+    /// When it stops being handed out (`None`: static keys, no expiry).
+    pub until: Option<SystemTime>,
+    /// When Portier fetched it.
+    pub fetched: SystemTime,
+}
+
 /// The set in use and when it was fetched.
 struct Held {
     creds: Arc<Credentials>,
@@ -224,6 +234,30 @@ impl CredentialCache {
         let exp = held.creds.expiry()?;
         exp.duration_since(SystemTime::now() + Self::margin(&held))
             .ok()
+    }
+
+    /// The set to sign with now, with when it stops being handed out and when it was
+    /// fetched, read together (a refresh in between cannot mix two sets).
+    pub fn signing_set(&self) -> Option<SigningSet> {
+        let held = self.current.load_full()?;
+        let until = held
+            .creds
+            .expiry()
+            .map(|exp| exp.checked_sub(Self::margin(&held)).unwrap_or(exp));
+        if until.is_some_and(|u| SystemTime::now() >= u) {
+            return None;
+        }
+        Some(SigningSet {
+            creds: held.creds.clone(),
+            until,
+            fetched: held.fetched,
+        })
+    }
+
+    /// Whether this cache already serves `spec` in `region`: a reload that changes other
+    /// `[s3]` settings keeps it (and its refresher) instead of starting empty.
+    pub fn serves(&self, spec: &CredentialSpec, region: &str) -> bool {
+        self.spec == *spec && self.region == region
     }
 
     /// Why requests cannot be signed now, if they cannot.

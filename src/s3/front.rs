@@ -4,7 +4,7 @@
 //! these from its phases; nothing here touches a connection.
 
 use std::net::SocketAddr;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde::Deserialize;
@@ -31,8 +31,9 @@ const RESOLVE_TTL: Duration = Duration::from_secs(60);
 /// The bucket Portier signs for: the only holder of the AWS credentials.
 pub struct S3Backend {
     pub config: S3Config,
-    /// The AWS credentials, refreshed in the background.
-    pub creds: super::CredentialCache,
+    /// The AWS credentials, refreshed in the background; shared with the backend a reload
+    /// replaces when the credential settings did not change.
+    pub creds: Arc<super::CredentialCache>,
     /// For the requests Portier makes itself (the file API).
     pub client: super::client::StoreClient,
     host: String,
@@ -42,9 +43,20 @@ pub struct S3Backend {
 }
 
 impl S3Backend {
+    /// A backend with a credential cache of its own (empty until its first fetch, except
+    /// static keys).
     pub fn new(config: &S3Config) -> Result<S3Backend, FrontError> {
         let creds = super::CredentialCache::new(config.credentials.clone(), config.target.region())
             .map_err(FrontError::Credentials)?;
+        Self::with_credentials(config, Arc::new(creds))
+    }
+
+    /// A backend for `config` that keeps `creds`: a reload that changes `[s3]` but not its
+    /// credential source or region keeps serving with the credentials already loaded.
+    pub fn with_credentials(
+        config: &S3Config,
+        creds: Arc<super::CredentialCache>,
+    ) -> Result<S3Backend, FrontError> {
         let ep = config.target.endpoint();
         let tls = ep.scheme_str() == Some("https");
         let port = ep.port_u16().unwrap_or(if tls { 443 } else { 80 });
@@ -58,10 +70,13 @@ impl S3Backend {
             std::net::ToSocketAddrs::to_socket_addrs(&(connect_host.as_str(), port))
                 .map_err(|e| FrontError::Resolve(connect_host.clone(), e.to_string()))?
                 .collect();
+        // Spool files a crashed process left behind (a running upload removes its own).
+        crate::files::sweep_spool(&config.spool_dir, crate::files::STALE_SPOOL);
         Ok(S3Backend {
             config: config.clone(),
             creds,
-            client: super::client::StoreClient::new().map_err(FrontError::Client)?,
+            client: super::client::StoreClient::new(config.connect_timeout, config.read_timeout)
+                .map_err(FrontError::Client)?,
             host: connect_host,
             port,
             tls,

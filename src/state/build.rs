@@ -229,6 +229,14 @@ impl Live {
             (Some(p), Some(o), Some(c)) if o.s3.as_ref() == Some(c) && p.s3.is_some() => {
                 p.s3.clone()
             }
+            // Other `[s3]` settings changed: the credentials already loaded (and their
+            // refresher) carry over when their source and region did not change.
+            (Some(p), _, Some(c)) => match &p.s3 {
+                Some(b) if b.creds.serves(&c.credentials, c.target.region()) => {
+                    Some(Arc::new(S3Backend::with_credentials(c, b.creds.clone())?))
+                }
+                _ => Some(Arc::new(S3Backend::new(c)?)),
+            },
             (_, _, Some(c)) => Some(Arc::new(S3Backend::new(c)?)),
         };
         // Services and their rules apply live; the listener needs a restart (above).
@@ -260,6 +268,39 @@ impl Live {
             running_upstreams,
         };
         Ok((live, restart))
+    }
+}
+
+impl Live {
+    /// Before a reload installs this state: a credential cache it does not share with `cur`
+    /// (the source or region changed) is loaded first, so no request meets an empty one.
+    /// Fails when it cannot be loaded while `cur`'s credentials still serve: the reload is
+    /// refused and they keep serving. When `cur` has none that serve, the new state goes in
+    /// anyway (503 `s3_credentials_unavailable` either way) and its refresher keeps trying.
+    pub async fn load_new_credentials(&self, cur: &Live) -> Result<(), String> {
+        let Some(new) = &self.s3 else {
+            return Ok(());
+        };
+        if cur
+            .s3
+            .as_ref()
+            .is_some_and(|old| Arc::ptr_eq(&old.creds, &new.creds))
+        {
+            return Ok(());
+        }
+        new.creds.tick().await;
+        let Some(why) = new.creds.not_ready() else {
+            return Ok(());
+        };
+        if cur
+            .s3
+            .as_ref()
+            .is_some_and(|old| old.creds.current().is_some())
+        {
+            return Err(why);
+        }
+        log::warn!("{why}; S3 requests get 503 until they load");
+        Ok(())
     }
 }
 

@@ -160,6 +160,6 @@ impl Gateway {
         let live = self.live();
         self.metrics.in_flight.set(self.in_flight() as i64);
         self.metrics
-            .render(&live.verifier, live.s3.as_ref().map(|b| &b.creds))
+            .render(&live.verifier, live.s3.as_ref().map(|b| &*b.creds))
     }
 }

@@ -155,6 +155,16 @@ async function listAll(svc, userId, contentType) {
   throw new Error(`list: more than ${MAX_PAGES} pages`);
 }
 
+// Every download URL Portier hands out is signed as an attachment: a navigation to it
+// downloads the file instead of rendering it (img/video tags still show it).
+function downloadsAsAttachment(url) {
+  try {
+    return new URL(url).searchParams.get('response-content-disposition') === 'attachment';
+  } catch {
+    return false;
+  }
+}
+
 function checkEntry(entry, key, size) {
   need(entry.filename === basename(key), `${key}: filename ${JSON.stringify(entry.filename)}, expected ${JSON.stringify(basename(key))}`);
   need(entry.size === size, `${key}: size ${JSON.stringify(entry.size)}, expected ${size}`);
@@ -163,12 +173,14 @@ function checkEntry(entry, key, size) {
     `${key}: last_modified ${JSON.stringify(entry.last_modified)} is not a date`,
   );
   need(isHttpUrl(entry.url), `${key}: url ${JSON.stringify(entry.url)} is not an http(s) URL`);
+  need(downloadsAsAttachment(entry.url), `${key}: listed url is not signed as an attachment`);
 }
 
 function checkUpload(res, key) {
   need(res && res.s3_key === key, `s3_key ${JSON.stringify(res && res.s3_key)}, expected ${JSON.stringify(key)}`);
   need(typeof res.bucket === 'string' && res.bucket.length > 0, `bucket ${JSON.stringify(res.bucket)} is empty`);
   need(isHttpUrl(res.url), `url ${JSON.stringify(res.url)} is not an http(s) URL`);
+  need(downloadsAsAttachment(res.url), `upload url is not signed as an attachment`);
 }
 
 function checkPresigned(res, maxExpiry) {
@@ -227,6 +239,7 @@ await step('presigned-get', async () => {
   requires(up1, 'upload-file-first');
   const res = await s3.getPresignedUrl(k1, 3600);
   checkPresigned(res, 3600);
+  need(downloadsAsAttachment(res.url), 'presigned GET url is not signed as an attachment');
   presigned1 = res;
   const { bytes } = await fetchBytes(res.url);
   sameBytes(bytes, d1, 'GET presigned url');
