@@ -160,38 +160,74 @@ pub async fn explain_request<F: Fn(&str) -> Credentials>(
         Authn::SignedIn(id) => Some(id.user_id.clone()),
         Authn::SignedOut { .. } => None,
     };
-    // A Pages Router data request is decided by its page, as the proxy does.
-    let data_page = pages::next_data_page(&canonical);
+    // A Pages Router data request is decided by the page Next.js renders, as the proxy does.
+    let data = pages::data_request(&canonical);
+    let data_page = match &data {
+        Some(pages::DataRequest::Page(p)) => Some(p.clone()),
+        _ => None,
+    };
     let decided = data_page.as_deref().unwrap_or(&canonical);
     let navigation = pages::is_navigation(&req.method, &req.headers);
+    let settings = verifier.settings();
+    let instance = pages::Instance::new(
+        settings.cookie_suffix.as_deref(),
+        pages_config,
+        &settings.issuer,
+    );
+    let is_page_route = |path: &str| {
+        policies
+            .lookup(method, path)
+            .is_ok_and(|m| m.route.is_page())
+    };
     let facts = RequestFacts {
         method,
         navigation,
-        handshake: pages::clerk_would_handshake(
-            &req.method,
-            &req.headers,
-            req.uri.query(),
-            verifier.settings().cookie_suffix.as_deref(),
-            &authn,
-        ),
+        handshake: is_page_route(decided)
+            .then(|| {
+                pages::clerk_would_handshake(
+                    &req.method,
+                    &req.headers,
+                    req.uri.query(),
+                    &instance,
+                    &authn,
+                    crate::auth::verify::unix_now(),
+                )
+            })
+            .flatten(),
     };
     let mut ex = explain(policies, decided, &facts, &authn);
-    if let Some(page) = &data_page {
-        let is_page = ex
-            .route_index
-            .and_then(|i| policies.routes.get(i))
-            .is_some_and(|r| r.is_page());
-        ex.steps.insert(
-            0,
-            Step::new(
-                format!("Pages Router data request: decided by the page {page}"),
-                is_page,
-                (!is_page).then_some(Reason::NoRoute),
-            ),
-        );
-        if !is_page {
+    match (&data, &data_page) {
+        (Some(pages::DataRequest::Unclear), _) => {
+            ex.steps.insert(
+                0,
+                Step::new(
+                    "Pages Router data request with an interception-route marker: refused",
+                    false,
+                    Some(Reason::NoRoute),
+                ),
+            );
             ex.decision = Decision::Deny(Reason::NoRoute);
+            ex.route = None;
+            ex.route_index = None;
         }
+        (_, Some(page)) => {
+            let is_page = ex
+                .route_index
+                .and_then(|i| policies.routes.get(i))
+                .is_some_and(|r| r.is_page());
+            ex.steps.insert(
+                0,
+                Step::new(
+                    format!("Pages Router data request: decided by the page {page}"),
+                    is_page,
+                    (!is_page).then_some(Reason::NoRoute),
+                ),
+            );
+            if !is_page {
+                ex.decision = Decision::Deny(Reason::NoRoute);
+            }
+        }
+        _ => {}
     }
     report.params = ex.params.clone();
     report.route = ex.route.clone();
@@ -254,7 +290,8 @@ pub async fn explain_request<F: Fn(&str) -> Credentials>(
             report.reason = Some(r.code());
             if let (Some(route), true) = (route, navigation) {
                 if route.is_page() {
-                    report.redirect = pages::refusal_redirect(pages_config, route, *r, target);
+                    let back = pages::back_target(&canonical, req.uri.query());
+                    report.redirect = pages::refusal_redirect(pages_config, route, *r, &back);
                     if report.redirect.is_some() {
                         report.status = 307;
                     }

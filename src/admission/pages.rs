@@ -1,4 +1,4 @@
-//! Next.js pages as Clerk's own middleware sees them. Three plain decisions:
+//! Next.js pages as Clerk's own middleware sees them. Four plain decisions:
 //!
 //! - [`clerk_would_handshake`]: a document request that Clerk's middleware (`@clerk/backend`
 //!   `authenticateRequest`) would answer with its 307 "handshake" to the Frontend API, or that
@@ -7,16 +7,23 @@
 //!   route's policy), so a pass-through never serves what the policy refuses.
 //! - [`is_navigation`]: a person's navigation, which gets a redirect to the sign-in or upgrade
 //!   page instead of a JSON refusal; fetches, RSC requests and server actions keep JSON.
-//! - [`next_data_page`]: the page a Pages Router `/_next/data/<build>/<page>.json` belongs to,
-//!   whose policy decides it (never a public asset route's).
+//! - [`data_request`]: the page a Pages Router `/_next/data/<build>/<page>.json` renders, whose
+//!   policy decides it (never a public asset route's), mapped exactly as Next.js maps it.
+//! - [`refusal_redirect`]: where a refused navigation goes, with a `redirect_url` back that
+//!   always stays on this site.
 //!
 //! The handshake rules follow `@clerk/backend` 3.25 `src/tokens/request.ts`
 //! (`authenticateRequestWithTokenInCookie`, `handleSessionTokenError`,
-//! `authenticateRequestWithTokenInHeader`) and `src/tokens/handshake.ts`
-//! (`isRequestEligibleForHandshake`); `tests/nextjs_app/README.md` lists them with what the
-//! real middleware answered.
+//! `handleMaybeHandshakeStatus`, `authenticateRequestWithTokenInHeader`),
+//! `src/tokens/authenticateContext.ts` (`usesSuffixedCookies`, `parseAuthorizationHeader`, the
+//! cookie and query values it reads) and `src/tokens/handshake.ts`
+//! (`isRequestEligibleForHandshake`, the redirect-loop counter); `tests/nextjs_app/README.md`
+//! lists them with what the real middleware answered.
+
+use std::borrow::Cow;
 
 use http::{HeaderMap, Method};
+use serde_json::{Map, Value};
 
 use crate::auth::token::cookie_pairs;
 use crate::auth::TokenSource;
@@ -63,126 +70,520 @@ pub fn is_navigation(method: &Method, headers: &HeaderMap) -> bool {
     }
 }
 
-/// The Clerk cookies and query parameters the handshake rules read.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-struct ClerkState {
-    session: bool,
-    /// The largest `__client_uat` (plain or suffixed), 0 when absent.
-    client_uat: u64,
-    handshake: bool,
-    redirect_count: u32,
-    dev_browser_sync: bool,
+/// What Portier knows about the Clerk instance the app's middleware serves.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Instance<'a> {
+    /// `__session_<suffix>` (from `clerk.publishable_key` or `clerk.cookie_suffix`).
+    pub cookie_suffix: Option<&'a str>,
+    /// `Some(true)` for a development instance (`pk_test_`), `Some(false)` for production;
+    /// `None` without `clerk.publishable_key`: the development-only rules (`__clerk_db_jwt`,
+    /// a missing dev browser) are then never applied, so no pass-through rests on a guess.
+    pub development: Option<bool>,
+    /// The Frontend API host (`clerk.example.com`): which instance a cookie token belongs to.
+    pub frontend_api: Option<&'a str>,
 }
 
-fn clerk_state(headers: &HeaderMap, query: Option<&str>, suffix: Option<&str>) -> ClerkState {
-    let mut s = ClerkState::default();
-    let named = |name: &[u8], base: &str| {
-        name == base.as_bytes()
-            || suffix.is_some_and(|x| {
-                name.len() == base.len() + 1 + x.len()
-                    && name.starts_with(base.as_bytes())
-                    && name[base.len()] == b'_'
-                    && name.ends_with(x.as_bytes())
-            })
-    };
-    for h in headers.get_all(http::header::COOKIE) {
-        for (name, value) in cookie_pairs(h.as_bytes()) {
-            if value.is_empty() {
-                continue;
+impl<'a> Instance<'a> {
+    /// From the configuration: the cookie suffix of the verifier and `[pages]`' instance,
+    /// falling back to the issuer's host for the Frontend API.
+    pub fn new(cookie_suffix: Option<&'a str>, pages: &'a PagesConfig, issuer: &'a str) -> Self {
+        let from_issuer = issuer
+            .split_once("://")
+            .map_or(issuer, |(_, rest)| rest)
+            .trim_end_matches('/');
+        Instance {
+            cookie_suffix,
+            development: pages.instance.as_ref().map(|i| i.development),
+            frontend_api: Some(
+                pages
+                    .instance
+                    .as_ref()
+                    .map_or(from_issuer, |i| i.frontend_api.as_str()),
+            ),
+        }
+    }
+
+    fn production(&self) -> bool {
+        self.development != Some(true)
+    }
+}
+
+/// Percent-decodes `s` (`decodeURIComponent`, and `+` as a space for a query): `None` when the
+/// bytes are not UTF-8 once decoded.
+fn percent_decode(s: &str, plus: bool) -> Option<Cow<'_, str>> {
+    if !(s.contains('%') || plus && s.contains('+')) {
+        return Some(Cow::Borrowed(s));
+    }
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'%' => match (
+                b.get(i + 1).copied().and_then(crate::path::hex),
+                b.get(i + 2).copied().and_then(crate::path::hex),
+            ) {
+                (Some(h), Some(l)) => {
+                    out.push(h * 16 + l);
+                    i += 3;
+                    continue;
+                }
+                _ => out.push(b'%'),
+            },
+            b'+' if plus => out.push(b' '),
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8(out).ok().map(Cow::Owned)
+}
+
+/// The request's cookies as Clerk reads them (the `cookie` package): the first of a name
+/// wins, values are percent-decoded when they can be, an empty value is no cookie.
+struct Jar<'a>(Vec<(&'a [u8], &'a [u8])>);
+
+impl<'a> Jar<'a> {
+    fn read(headers: &'a HeaderMap) -> Self {
+        let mut pairs: Vec<(&[u8], &[u8])> = Vec::new();
+        for h in headers.get_all(http::header::COOKIE) {
+            for (name, value) in cookie_pairs(h.as_bytes()) {
+                if !pairs.iter().any(|(n, _)| *n == name) {
+                    pairs.push((name, value));
+                }
             }
-            if named(name, "__session") {
-                s.session = true;
-            } else if named(name, "__client_uat") {
-                let v = std::str::from_utf8(value).ok().and_then(|v| v.parse().ok());
-                s.client_uat = s.client_uat.max(v.unwrap_or(0));
-            } else if name == b"__clerk_handshake" || name == b"__clerk_handshake_nonce" {
-                s.handshake = true;
-            } else if name == b"__clerk_redirect_count" {
-                s.redirect_count = std::str::from_utf8(value)
-                    .ok()
-                    .and_then(|v| v.parse().ok())
-                    .unwrap_or(0);
+        }
+        Jar(pairs)
+    }
+
+    fn get(&self, name: &str) -> Option<Cow<'a, str>> {
+        let (_, v) = self.0.iter().find(|(n, _)| *n == name.as_bytes())?;
+        let v = std::str::from_utf8(v).ok()?;
+        let v = percent_decode(v, false).unwrap_or(Cow::Borrowed(v));
+        (!v.is_empty()).then_some(v)
+    }
+}
+
+/// `URLSearchParams` over the raw query: names and values decoded, the first value of a name.
+fn query_param<'q>(query: Option<&'q str>, name: &str) -> Option<Cow<'q, str>> {
+    query?.split('&').find_map(|pair| {
+        let (n, v) = pair.split_once('=').unwrap_or((pair, ""));
+        (percent_decode(n, true)? == name).then(|| percent_decode(v, true).unwrap_or_default())
+    })
+}
+
+/// A token's JOSE header and payload, read without checking its signature, as Clerk's
+/// `decodeJwt` does for the claims it looks at before verifying.
+struct Decoded {
+    header: Map<String, Value>,
+    payload: Map<String, Value>,
+}
+
+impl Decoded {
+    fn read(token: &str) -> Option<Decoded> {
+        use base64::engine::{general_purpose::GeneralPurpose, DecodePaddingMode};
+        use base64::Engine;
+        const B64: GeneralPurpose = GeneralPurpose::new(
+            &base64::alphabet::URL_SAFE,
+            base64::engine::GeneralPurposeConfig::new()
+                .with_decode_padding_mode(DecodePaddingMode::Indifferent),
+        );
+        let mut parts = token.split('.');
+        let (Some(h), Some(p), Some(_), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return None;
+        };
+        let json = |s: &str| {
+            B64.decode(s)
+                .ok()
+                .and_then(|b| serde_json::from_slice::<Map<String, Value>>(&b).ok())
+        };
+        Some(Decoded {
+            header: json(h)?,
+            payload: json(p)?,
+        })
+    }
+
+    fn num(&self, claim: &str) -> Option<f64> {
+        self.payload.get(claim).and_then(Value::as_f64)
+    }
+
+    fn str(&self, claim: &str) -> Option<&str> {
+        self.payload.get(claim).and_then(Value::as_str)
+    }
+
+    /// A machine JWT (OAuth access token `typ`, or an M2M `sub`) or a token whose `cat` is
+    /// another class than a session: Clerk signs such a cookie out (`token-type-mismatch`).
+    fn not_a_session(&self) -> bool {
+        let typ = self.header.get("typ").and_then(Value::as_str);
+        let cat = self.header.get("cat").and_then(Value::as_str);
+        matches!(typ, Some("at+jwt" | "application/at+jwt"))
+            || self.str("sub").is_some_and(|s| s.starts_with("mch_"))
+            || cat.is_some_and(|c| c != "cl_B7d4PD111AAA" && c != "cl_I7d4PD111III")
+    }
+}
+
+/// `Number.parseInt(v) || 0`: leading digits (after optional space and sign, `0x` for hex).
+fn js_parse_int(v: &str) -> i64 {
+    let v = v.trim_start();
+    let (neg, v) = match v.as_bytes().first() {
+        Some(b'-') => (true, &v[1..]),
+        Some(b'+') => (false, &v[1..]),
+        _ => (false, v),
+    };
+    let (radix, v) = match v.get(..2) {
+        Some("0x" | "0X") => (16, &v[2..]),
+        _ => (10, v),
+    };
+    let end = v
+        .bytes()
+        .position(|b| !(b as char).is_digit(radix))
+        .unwrap_or(v.len());
+    let n = i64::from_str_radix(&v[..end], radix).unwrap_or(0);
+    if neg {
+        -n
+    } else {
+        n
+    }
+}
+
+/// `Number(v) || 0`, for the redirect counter.
+fn js_number(v: &str) -> f64 {
+    let v = v.trim();
+    let n = match v.get(..2) {
+        Some("0x" | "0X") => u64::from_str_radix(&v[2..], 16).ok().map(|n| n as f64),
+        Some("0o" | "0O") => u64::from_str_radix(&v[2..], 8).ok().map(|n| n as f64),
+        Some("0b" | "0B") => u64::from_str_radix(&v[2..], 2).ok().map(|n| n as f64),
+        _ if v.is_empty() => Some(0.0),
+        _ => v.parse::<f64>().ok(),
+    };
+    n.filter(|n| n.is_finite()).unwrap_or(0.0)
+}
+
+/// Clerk's `parseAuthorizationHeader`: whether the request takes the header path (then
+/// cookies, `__client_uat` and handshake parameters are never read).
+fn header_token(headers: &HeaderMap) -> bool {
+    let Some(v) = headers
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+    else {
+        return false;
+    };
+    let mut parts = v.split(' ');
+    let scheme = parts.next().unwrap_or("");
+    match parts.next() {
+        None | Some("") => !scheme.is_empty(),
+        Some(_) => scheme == "Bearer",
+    }
+}
+
+/// `iss.replace(/https?:\/\//gi, '')`: every `http://` or `https://`, any case, removed in one
+/// pass.
+fn without_schemes(iss: &str) -> String {
+    let lower = iss.to_ascii_lowercase();
+    let mut out = String::with_capacity(iss.len());
+    let mut chars = iss.char_indices();
+    while let Some((i, c)) = chars.next() {
+        let skip = ["https://", "http://"]
+            .into_iter()
+            .find(|p| lower[i..].starts_with(p))
+            .map_or(0, str::len);
+        if skip == 0 {
+            out.push(c);
+        } else {
+            // The scheme is ASCII: its first character is `c`, the rest follow.
+            for _ in 1..skip {
+                chars.next();
             }
         }
     }
-    for pair in query.unwrap_or("").split('&') {
-        let name = pair.split_once('=').map_or(pair, |(n, _)| n);
-        match name {
-            "__clerk_handshake" | "__clerk_handshake_nonce" => s.handshake = true,
-            "__clerk_db_jwt" => s.dev_browser_sync = true,
-            _ => {}
-        }
-    }
-    s
+    out
 }
 
-/// Whether Clerk's middleware would handshake this request (or is completing one), given
-/// what Portier's own verification of the same token found. Only asked for requests Portier
-/// did not authenticate: a session Portier accepts is decided by policy as usual.
-pub fn clerk_would_handshake(
-    method: &Method,
-    headers: &HeaderMap,
-    query: Option<&str>,
-    cookie_suffix: Option<&str>,
-    authn: &Authn,
-) -> Option<Handshake> {
-    if !eligible_for_handshake(method, headers) {
-        return None;
-    }
-    let Authn::SignedOut { reason, source } = authn else {
-        return None;
+/// Clerk's `usesSuffixedCookies`: whether the instance's suffixed cookies are the ones read.
+fn uses_suffixed(jar: &Jar<'_>, inst: &Instance<'_>, now: i64) -> bool {
+    let Some(suffix) = inst.cookie_suffix else {
+        return false;
     };
-    let timing = match reason {
+    let suffixed_uat = jar.get(&format!("__client_uat_{suffix}"));
+    let uat = jar.get("__client_uat");
+    let suffixed_session = jar.get(&format!("__session_{suffix}"));
+    let session = jar.get("__session");
+    let plain = session.as_deref().map(Decoded::read);
+    if let Some(plain) = &plain {
+        let iss = plain.as_ref().and_then(|d| d.str("iss"));
+        if iss.is_none_or(str::is_empty) {
+            return false;
+        }
+        let belongs = match (iss, inst.frontend_api) {
+            (Some(iss), Some(api)) => without_schemes(iss) == api,
+            // Without the Frontend API the token's instance cannot be told: Clerk's own.
+            _ => true,
+        };
+        if !belongs {
+            return true;
+        }
+    }
+    if suffixed_uat.is_none() && suffixed_session.is_none() {
+        return false;
+    }
+    let iat = |d: Option<Decoded>| d.and_then(|d| d.num("iat")).unwrap_or(0.0);
+    let suffixed = suffixed_session.as_deref().and_then(Decoded::read);
+    let suffixed_exp = suffixed.as_ref().and_then(|d| d.num("exp"));
+    let suffixed_iat = iat(suffixed);
+    let zero = |v: &Option<Cow<'_, str>>| v.as_deref() == Some("0");
+    if !zero(&suffixed_uat) && !zero(&uat) && iat(plain.flatten()) > suffixed_iat {
+        return false;
+    }
+    if zero(&suffixed_uat) && !zero(&uat) {
+        return false;
+    }
+    if !inst.production()
+        && !zero(&suffixed_uat)
+        && zero(&uat)
+        && suffixed_exp.is_some_and(|exp| exp <= now as f64)
+    {
+        return false;
+    }
+    if suffixed_uat.is_none() && suffixed_session.is_some() {
+        return false;
+    }
+    true
+}
+
+/// What Clerk's timing checks (`verifyToken`, 5 s skew) say of a token: the handshake they
+/// lead to, or `None` when the times are fine.
+fn timing(d: &Decoded, now: i64) -> Option<Handshake> {
+    const SKEW: f64 = 5.0;
+    let now = now as f64;
+    if d.num("exp").is_some_and(|exp| exp <= now - SKEW) {
+        return Some(Handshake::Expired);
+    }
+    if d.num("nbf").is_some_and(|nbf| nbf > now + SKEW) {
+        return Some(Handshake::NotYetValid);
+    }
+    if d.num("iat").is_some_and(|iat| iat > now + SKEW) {
+        return Some(Handshake::IatInFuture);
+    }
+    None
+}
+
+/// The handshake a failed verification leads to (`handleSessionTokenError`).
+fn after_verification(reason: Reason) -> Option<Handshake> {
+    match reason {
         Reason::TokenExpired => Some(Handshake::Expired),
         Reason::TokenNotYetValid => Some(Handshake::NotYetValid),
         Reason::TokenIatInFuture => Some(Handshake::IatInFuture),
         _ => None,
-    };
-    let state = clerk_state(headers, query, cookie_suffix);
-    // Three handshakes within the redirect counter's 2 s lifetime: Clerk stops (signed out).
-    if state.redirect_count == 3 {
-        return None;
-    }
-    if *source == Some(TokenSource::Header) {
-        // The header path never reads cookies or handshake parameters.
-        return timing;
-    }
-    if state.handshake {
-        return Some(Handshake::Completing);
-    }
-    if state.dev_browser_sync {
-        return Some(Handshake::DevBrowserSync);
-    }
-    match (state.session, state.client_uat > 0) {
-        (false, false) => None,
-        (true, false) => Some(Handshake::SessionWithoutClientUat),
-        (false, true) => Some(Handshake::ClientUatWithoutSession),
-        (true, true) => timing,
     }
 }
 
-/// The page path of a Pages Router data request: `/_next/data/<build>/<page>.json` ->
-/// `/<page>` (`index.json` -> `/`, `a/index.json` -> `/a`). `None` for anything else.
-pub fn next_data_page(path: &str) -> Option<String> {
+/// Whether Clerk's middleware would answer this request with its handshake, or is completing
+/// one, given Portier's own verification of the request's token (`authn`) and the clock
+/// (`now`, Unix seconds). Asked for every request to a page route: a session Portier accepts
+/// can still be one Clerk refreshes first (its token older than `__client_uat`, or no
+/// `__client_uat` at all).
+///
+/// Clerk's order (`authenticateRequestWithTokenInCookie`): a handshake token or nonce is
+/// resolved first (whatever the redirect counter says); then, on development instances,
+/// `__clerk_db_jwt` in the query and a missing dev browser; then the session and
+/// `__client_uat` cookies; then an `iat` older than `__client_uat` (read before the
+/// signature); then verification. Every outcome but resolving a handshake becomes a 307 only
+/// for a document GET and while `__clerk_redirect_count` is not 3. Not followed: satellite
+/// domains, organization sync and the cross-origin-`Referer` sync of a valid session (Portier
+/// decides those by policy; the app's middleware still runs for what Portier forwards).
+pub fn clerk_would_handshake(
+    method: &Method,
+    headers: &HeaderMap,
+    query: Option<&str>,
+    inst: &Instance<'_>,
+    authn: &Authn,
+    now: i64,
+) -> Option<Handshake> {
+    // Portier only lets document GETs through signed out, so a completed handshake on any
+    // other request is decided by policy too.
+    if !eligible_for_handshake(method, headers) {
+        return None;
+    }
+    // Two session cookies of one name: refused outright (cookie tossing), never passed.
+    if let Authn::SignedOut {
+        reason: Reason::SessionCookieConflict,
+        ..
+    } = authn
+    {
+        return None;
+    }
+    let jar = Jar::read(headers);
+    let looping = jar
+        .get("__clerk_redirect_count")
+        .is_some_and(|c| js_number(&c) == 3.0);
+    let outcome = if header_token(headers) {
+        // The header path verifies the Bearer token and reads nothing else.
+        match authn {
+            Authn::SignedOut {
+                reason,
+                source: Some(TokenSource::Header),
+            } => after_verification(*reason),
+            _ => None,
+        }
+    } else {
+        let handshake = |name: &str| query_param(query, name).is_some_and(|v| !v.is_empty());
+        if handshake("__clerk_handshake")
+            || handshake("__clerk_handshake_nonce")
+            || jar.get("__clerk_handshake").is_some()
+            || jar.get("__clerk_handshake_nonce").is_some()
+        {
+            // Resolved before the loop guard is consulted: the way back always reaches it.
+            return Some(Handshake::Completing);
+        }
+        let portier_token = crate::auth::extract_token(
+            header(headers, "authorization"),
+            headers
+                .get_all(http::header::COOKIE)
+                .iter()
+                .map(|v| v.as_bytes()),
+            inst.cookie_suffix,
+        )
+        .ok()
+        .flatten()
+        .map(|(t, _)| t);
+        cookie_rules(&jar, query, inst, (authn, portier_token), now)
+    };
+    outcome.filter(|_| !looping)
+}
+
+/// Clerk's cookie path after the handshake parameters.
+fn cookie_rules(
+    jar: &Jar<'_>,
+    query: Option<&str>,
+    inst: &Instance<'_>,
+    (authn, portier_token): (&Authn, Option<&str>),
+    now: i64,
+) -> Option<Handshake> {
+    let suffixed = uses_suffixed(jar, inst, now);
+    let cookie = |base: &str| match (suffixed, inst.cookie_suffix) {
+        (true, Some(s)) => jar.get(&format!("{base}_{s}")),
+        _ => jar.get(base),
+    };
+    if inst.development == Some(true) {
+        if query.is_some_and(|q| {
+            q.split('&').any(|pair| {
+                let n = pair.split_once('=').map_or(pair, |(n, _)| n);
+                percent_decode(n, true).is_some_and(|n| n == "__clerk_db_jwt")
+            })
+        }) {
+            return Some(Handshake::DevBrowserSync);
+        }
+        let dev_browser = query_param(query, "__clerk_db_jwt").is_some_and(|v| !v.is_empty())
+            || cookie("__clerk_db_jwt").is_some();
+        if !dev_browser {
+            return Some(Handshake::DevBrowserMissing);
+        }
+    }
+    let session = cookie("__session");
+    let client_uat = cookie("__client_uat").map_or(0, |v| js_parse_int(&v));
+    let session = match (session, client_uat != 0) {
+        (None, false) => return None,
+        (Some(_), false) => return Some(Handshake::SessionWithoutClientUat),
+        (None, true) => return Some(Handshake::ClientUatWithoutSession),
+        (Some(s), true) => s,
+    };
+    let decoded = Decoded::read(&session)?;
+    if decoded.not_a_session() {
+        return None;
+    }
+    if decoded
+        .num("iat")
+        .is_some_and(|iat| iat < client_uat as f64)
+    {
+        return Some(Handshake::IatBeforeClientUat);
+    }
+    // Verification: Portier's own when it verified this very token; else the token's times
+    // (Clerk checks the signature first, but a pass-through is only a chance for the app to
+    // answer: what it answers is checked).
+    match authn {
+        _ if portier_token != Some(session.as_ref()) => timing(&decoded, now),
+        Authn::SignedIn(_) => None,
+        Authn::SignedOut { reason, .. } => after_verification(*reason),
+    }
+}
+
+/// A Pages Router data request, as Next.js reads it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DataRequest {
+    /// The page Next.js renders the data of: its route decides.
+    Page(String),
+    /// A path Next.js reads in a way Portier does not follow (an interception-route marker):
+    /// refused rather than guessed at.
+    Unclear,
+}
+
+/// `/_next/data/<build>/<page>.json`: the page Next.js renders, exactly as Next.js 16 maps it
+/// (`NextDataPathnameNormalizer`: strip the prefix and `.json`, then `denormalizePagePath`,
+/// which drops a leading `/index/` unless the rest is a dynamic-route pattern, and turns
+/// `/index` into `/`). So `index.json` -> `/`, `.json` -> `/`, `a/index.json` -> `/a/index`,
+/// `index/a.json` -> `/a`, `index/index.json` -> `/index`. `None` for anything else. The build
+/// id is not checked (Next.js 404s a stale one).
+pub fn data_request(path: &str) -> Option<DataRequest> {
     let rest = path.strip_prefix("/_next/data/")?;
-    let (build, page) = rest.split_once('/')?;
-    if build.is_empty() {
+    let (build, tail) = rest.split_once('/')?;
+    if build.is_empty() || !path.ends_with(".json") {
         return None;
     }
-    let page = page.strip_suffix(".json")?;
-    if page.is_empty() {
-        return None;
+    let page = format!("/{}", &tail[..tail.len() - ".json".len()]);
+    // `isDynamicRoute` first extracts interception routes, and throws on a malformed one.
+    const MARKERS: [&str; 4] = ["(..)(..)", "(.)", "(..)", "(...)"];
+    if page
+        .split('/')
+        .any(|seg| MARKERS.iter().any(|m| seg.starts_with(m)))
+    {
+        return Some(DataRequest::Unclear);
     }
-    let page = page.strip_suffix("/index").unwrap_or(page);
-    if page == "index" {
-        return Some("/".into());
+    // `isDynamicRoute` (strict): a segment that is `[` name `]`.
+    let dynamic = page
+        .split('/')
+        .any(|seg| seg.len() >= 3 && seg.starts_with('[') && seg.ends_with(']'));
+    let page = match page.strip_prefix("/index") {
+        Some(rest) if rest.starts_with('/') && !dynamic => rest.to_owned(),
+        Some("") => "/".to_owned(),
+        _ => page,
+    };
+    Some(DataRequest::Page(page))
+}
+
+/// Where `redirect_url` points back to: the canonical path (one leading `/`, no `//`, no
+/// backslash: [`crate::path::canonicalize`]) and the request's own query. Never the raw
+/// target, whose `//evil.com` a browser reads as another site.
+pub fn back_target(canonical: &str, query: Option<&str>) -> String {
+    match query {
+        Some(q) => format!("{canonical}?{q}"),
+        None => canonical.to_owned(),
     }
-    Some(format!("/{page}"))
+}
+
+/// A configured redirect target (`sign_in_url`, `upgrade_url`): a path on this site or an
+/// https URL. The error says what is expected.
+pub fn check_redirect_target(v: &str) -> Result<(), &'static str> {
+    let path_ok = v.starts_with('/')
+        && !v.starts_with("//")
+        && !v.contains('\\')
+        && v.parse::<http::Uri>().is_ok();
+    let abs_ok = v
+        .parse::<http::Uri>()
+        .ok()
+        .is_some_and(|u| u.scheme_str() == Some("https") && u.host().is_some());
+    if path_ok || abs_ok {
+        Ok(())
+    } else {
+        Err("a path on this site (/sign-in) or an https:// URL")
+    }
 }
 
 /// Where a refused navigation is sent: `target` (a path or an https URL from the config) with
 /// `redirect_url` back to the page, built from `origin` (the configured public origin) or, by
 /// default, as a path: never from the request's `Host`, so it is no open redirect.
+/// `path_and_query` comes from [`back_target`].
 pub fn redirect_location(
     target: &str,
     origin: Option<&str>,
@@ -211,7 +612,8 @@ pub fn redirect_location(
 
 /// Where a person's refused navigation on a page route goes instead of a JSON refusal:
 /// signed out -> `sign_in_url`; lacking a plan or feature -> `upgrade_url` with the route's
-/// `required` names. `None` keeps the JSON refusal (no URL configured, or another reason).
+/// `required` names. The route's own URLs win over `[pages]`. `None` keeps the JSON refusal
+/// (no URL configured, or another reason).
 pub fn refusal_redirect(
     pages: &PagesConfig,
     route: &Route,
@@ -220,7 +622,11 @@ pub fn refusal_redirect(
 ) -> Option<String> {
     let origin = pages.public_origin.as_deref();
     if reason.is_unauthenticated() {
-        let to = pages.sign_in_url.as_deref()?;
+        let to = route
+            .redirects
+            .sign_in_url
+            .as_deref()
+            .or(pages.sign_in_url.as_deref())?;
         return Some(redirect_location(to, origin, path_and_query, &[]));
     }
     let names = route.requires.iter().find_map(|r| match (r, reason) {
@@ -228,7 +634,11 @@ pub fn refusal_redirect(
         (Requirement::Feature(f), Reason::FeatureRequired) => Some(f),
         _ => None,
     })?;
-    let to = pages.upgrade_url.as_deref()?;
+    let to = route
+        .redirects
+        .upgrade_url
+        .as_deref()
+        .or(pages.upgrade_url.as_deref())?;
     let required = names.join(",");
     Some(redirect_location(
         to,
@@ -299,6 +709,8 @@ fn encode_component(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use base64::Engine;
+    use serde_json::json;
 
     fn h(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut m = HeaderMap::new();
@@ -312,53 +724,136 @@ mod tests {
     }
 
     const DOC: (&str, &str) = ("sec-fetch-dest", "document");
+    const NOW: i64 = 1_800_000_000;
+    const SUFFIX: &str = "m3jNlIl7";
+
+    fn prod() -> Instance<'static> {
+        Instance {
+            cookie_suffix: Some(SUFFIX),
+            development: Some(false),
+            frontend_api: Some("clerk.portier.test"),
+        }
+    }
 
     fn out(reason: Reason, source: Option<TokenSource>) -> Authn {
         Authn::SignedOut { reason, source }
     }
 
+    fn jwt(header: serde_json::Value, payload: serde_json::Value) -> String {
+        let b = |v: &serde_json::Value| {
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string())
+        };
+        format!("{}.{}.c2ln", b(&header), b(&payload))
+    }
+
+    /// An unsigned session token issued at `iat` (the rules read it without verifying).
+    fn session(iat: i64) -> String {
+        jwt(
+            json!({"alg": "RS256", "typ": "JWT", "kid": "ins_1"}),
+            json!({"iss": "https://clerk.portier.test", "sub": "user_1", "sid": "sess_1",
+                   "iat": iat, "nbf": iat - 10, "exp": iat + 60}),
+        )
+    }
+
+    fn signed_in() -> Authn {
+        let id = crate::auth::Identity::from_claims(
+            json!({"sub": "user_1", "sid": "sess_1", "exp": 4_000_000_000_i64})
+                .as_object()
+                .cloned()
+                .unwrap_or_default(),
+        )
+        .expect("identity");
+        Authn::SignedIn(id.into())
+    }
+
+    fn ask(
+        inst: &Instance<'_>,
+        hs: &[(&str, &str)],
+        q: Option<&str>,
+        a: &Authn,
+    ) -> Option<Handshake> {
+        clerk_would_handshake(&Method::GET, &h(hs), q, inst, a, NOW)
+    }
+
     #[test]
     fn the_cookie_rules_clerk_applies_to_a_document_request() {
+        let p = prod();
         let cookie = Some(TokenSource::Cookie);
-        let ask = |hs: &[(&str, &str)], q: Option<&str>, a: &Authn| {
-            clerk_would_handshake(&Method::GET, &h(hs), q, Some("m3jNlIl7"), a)
-        };
+        let old = session(NOW - 120);
+        let both = format!("__session={old}; __client_uat={}", NOW - 200);
+        let both = ("cookie", both.as_str());
         let expired = out(Reason::TokenExpired, cookie);
-        let both = ("cookie", "__session=x; __client_uat=1700000000");
-        assert_eq!(ask(&[DOC, both], None, &expired), Some(Handshake::Expired));
         assert_eq!(
-            ask(&[DOC, both], None, &out(Reason::TokenNotYetValid, cookie)),
+            ask(&p, &[DOC, both], None, &expired),
+            Some(Handshake::Expired)
+        );
+        assert_eq!(
+            ask(
+                &p,
+                &[DOC, both],
+                None,
+                &out(Reason::TokenNotYetValid, cookie)
+            ),
             Some(Handshake::NotYetValid)
         );
         assert_eq!(
-            ask(&[DOC, both], None, &out(Reason::TokenIatInFuture, cookie)),
+            ask(
+                &p,
+                &[DOC, both],
+                None,
+                &out(Reason::TokenIatInFuture, cookie)
+            ),
             Some(Handshake::IatInFuture)
         );
         // A bad signature is signed out for Clerk too: no handshake, policy decides.
         assert_eq!(
-            ask(&[DOC, both], None, &out(Reason::TokenInvalid, cookie)),
+            ask(&p, &[DOC, both], None, &out(Reason::TokenInvalid, cookie)),
             None
         );
-        let missing = out(Reason::TokenMissing, None);
+        // Not a JWT at all: Clerk's decode fails, signed out.
+        let garbage = ("cookie", "__session=x; __client_uat=1700000000");
         assert_eq!(
             ask(
-                &[DOC, ("cookie", "__client_uat=1700000000")],
+                &p,
+                &[DOC, garbage],
                 None,
-                &missing
+                &out(Reason::TokenInvalid, cookie)
             ),
+            None
+        );
+        // A machine token or a JWT template in the cookie: signed out (token-type-mismatch).
+        for t in [
+            jwt(
+                json!({"typ": "JWT", "cat": "cl_B7d4PD222AAA"}),
+                json!({"iat": NOW - 120, "exp": NOW - 60}),
+            ),
+            jwt(
+                json!({"typ": "at+jwt"}),
+                json!({"iat": NOW - 120, "exp": NOW - 60}),
+            ),
+            jwt(
+                json!({"typ": "JWT"}),
+                json!({"sub": "mch_1", "iat": NOW - 120, "exp": NOW - 60}),
+            ),
+        ] {
+            let c = format!("__session={t}; __client_uat={NOW}");
+            assert_eq!(ask(&p, &[DOC, ("cookie", &c)], None, &expired), None, "{t}");
+        }
+        let missing = out(Reason::TokenMissing, None);
+        let uat = format!("__client_uat={NOW}");
+        assert_eq!(
+            ask(&p, &[DOC, ("cookie", &uat)], None, &missing),
             Some(Handshake::ClientUatWithoutSession)
         );
+        let suffixed_uat = format!("__client_uat_{SUFFIX}={NOW}");
         assert_eq!(
-            ask(
-                &[DOC, ("cookie", "__client_uat_m3jNlIl7=1700000000")],
-                None,
-                &missing
-            ),
+            ask(&p, &[DOC, ("cookie", &suffixed_uat)], None, &missing),
             Some(Handshake::ClientUatWithoutSession),
             "the instance's suffixed cookie counts"
         );
         assert_eq!(
             ask(
+                &p,
                 &[DOC, ("cookie", "__client_uat_other123=17")],
                 None,
                 &missing
@@ -366,56 +861,292 @@ mod tests {
             None
         );
         assert_eq!(
-            ask(&[DOC, ("cookie", "__client_uat=0")], None, &missing),
+            ask(&p, &[DOC, ("cookie", "__client_uat=0")], None, &missing),
             None
         );
-        assert_eq!(ask(&[DOC], None, &missing), None, "no cookies: signed out");
         assert_eq!(
-            ask(&[DOC, ("cookie", "__session=x")], None, &expired),
+            ask(&p, &[DOC, ("cookie", "__client_uat=17abc")], None, &missing),
+            Some(Handshake::ClientUatWithoutSession),
+            "parseInt reads the leading digits"
+        );
+        assert_eq!(
+            ask(&p, &[DOC], None, &missing),
+            None,
+            "no cookies: signed out"
+        );
+        let only_session = format!("__session={old}");
+        assert_eq!(
+            ask(&p, &[DOC, ("cookie", &only_session)], None, &expired),
             Some(Handshake::SessionWithoutClientUat)
         );
         assert_eq!(
-            ask(&[DOC], Some("a=1&__clerk_handshake=eyJ"), &missing),
+            ask(&p, &[DOC], Some("a=1&__clerk_handshake=eyJ"), &missing),
             Some(Handshake::Completing)
         );
         assert_eq!(
+            ask(&p, &[DOC], Some("__clerk%5Fhandshake=eyJ"), &missing),
+            Some(Handshake::Completing),
+            "URLSearchParams decodes names"
+        );
+        assert_eq!(
+            ask(&p, &[DOC], Some("__clerk_handshake="), &missing),
+            None,
+            "empty value"
+        );
+        assert_eq!(
             ask(
+                &p,
                 &[DOC, ("cookie", "__clerk_handshake_nonce=n1")],
                 None,
                 &missing
             ),
             Some(Handshake::Completing)
         );
+        // Cookie tossing: two session cookies of one name are refused, never passed.
+        let conflict = out(Reason::SessionCookieConflict, cookie);
+        assert_eq!(ask(&p, &[DOC, ("cookie", &uat)], None, &conflict), None);
+    }
+
+    #[test]
+    fn a_valid_session_clerk_would_still_refresh_passes_the_cookie_path_only() {
+        let p = prod();
+        // Issued before the client's last change (an account switch, an upgrade): Clerk
+        // handshakes before it even checks the signature.
+        let stale = session(NOW - 10);
+        let c = format!("__session={stale}; __client_uat={NOW}");
         assert_eq!(
-            ask(&[DOC], Some("__clerk_db_jwt=x"), &missing),
-            Some(Handshake::DevBrowserSync)
+            ask(&p, &[DOC, ("cookie", &c)], None, &signed_in()),
+            Some(Handshake::IatBeforeClientUat)
         );
-        let looping = (
-            "cookie",
-            "__session=x; __client_uat=17; __clerk_redirect_count=3",
-        );
+        let invalid = out(Reason::TokenInvalidSignature, Some(TokenSource::Cookie));
         assert_eq!(
-            ask(&[DOC, looping], None, &expired),
+            ask(&p, &[DOC, ("cookie", &c)], None, &invalid),
+            Some(Handshake::IatBeforeClientUat),
+            "read before verification"
+        );
+        // The same token with __client_uat older than it: Clerk signs it in.
+        let fine = format!("__session={stale}; __client_uat={}", NOW - 20);
+        assert_eq!(ask(&p, &[DOC, ("cookie", &fine)], None, &signed_in()), None);
+        // A valid session cookie without __client_uat.
+        let no_uat = format!("__session={stale}");
+        assert_eq!(
+            ask(&p, &[DOC, ("cookie", &no_uat)], None, &signed_in()),
+            Some(Handshake::SessionWithoutClientUat)
+        );
+        // The header path never reads __client_uat: a valid Bearer token is signed in.
+        let bearer = format!("Bearer {stale}");
+        assert_eq!(
+            ask(
+                &p,
+                &[DOC, ("authorization", &bearer), ("cookie", &c)],
+                None,
+                &signed_in()
+            ),
+            None
+        );
+        // Another scheme is no header token for Clerk: it reads the cookies.
+        assert_eq!(
+            ask(
+                &p,
+                &[DOC, ("authorization", "Basic dXNlcg=="), ("cookie", &c)],
+                None,
+                &out(Reason::TokenMissing, None)
+            ),
+            Some(Handshake::IatBeforeClientUat)
+        );
+        // Not a document request: decided by policy.
+        assert_eq!(
+            clerk_would_handshake(
+                &Method::GET,
+                &h(&[("sec-fetch-dest", "empty"), ("cookie", &c)]),
+                None,
+                &p,
+                &signed_in(),
+                NOW
+            ),
+            None
+        );
+    }
+
+    #[test]
+    fn the_loop_guard_comes_after_a_handshake_is_resolved() {
+        let p = prod();
+        let old = session(NOW - 120);
+        let looping = format!(
+            "__session={old}; __client_uat={}; __clerk_redirect_count=3",
+            NOW - 200
+        );
+        let expired = out(Reason::TokenExpired, Some(TokenSource::Cookie));
+        assert_eq!(
+            ask(&p, &[DOC, ("cookie", &looping)], None, &expired),
             None,
             "Clerk's loop guard"
         );
-        // Portier authenticated it: policy decides, never a pass-through.
-        let id = crate::auth::Identity::from_claims(
-            serde_json::json!({"sub": "user_1", "sid": "sess_1", "exp": 4_000_000_000_i64})
-                .as_object()
-                .cloned()
-                .unwrap_or_default(),
-        )
-        .expect("identity");
-        assert_eq!(ask(&[DOC, both], None, &Authn::SignedIn(id.into())), None);
+        assert_eq!(
+            ask(
+                &p,
+                &[DOC, ("cookie", &looping)],
+                Some("__clerk_handshake=eyJ"),
+                &expired
+            ),
+            Some(Handshake::Completing),
+            "the way back is resolved first"
+        );
+        let twice = looping.replace("count=3", "count=2");
+        assert_eq!(
+            ask(&p, &[DOC, ("cookie", &twice)], None, &expired),
+            Some(Handshake::Expired)
+        );
+        let spelled = looping.replace("count=3", "count=3.0");
+        assert_eq!(
+            ask(&p, &[DOC, ("cookie", &spelled)], None, &expired),
+            None,
+            "Number(\"3.0\") is 3"
+        );
+    }
+
+    #[test]
+    fn development_rules_apply_only_to_a_development_instance() {
+        let dev = Instance {
+            development: Some(true),
+            ..prod()
+        };
+        let missing = out(Reason::TokenMissing, None);
+        assert_eq!(
+            ask(&dev, &[DOC], Some("__clerk_db_jwt=x"), &missing),
+            Some(Handshake::DevBrowserSync)
+        );
+        assert_eq!(
+            ask(&dev, &[DOC], Some("__clerk_db_jwt"), &missing),
+            Some(Handshake::DevBrowserSync),
+            "has()"
+        );
+        assert_eq!(
+            ask(&dev, &[DOC], None, &missing),
+            Some(Handshake::DevBrowserMissing)
+        );
+        assert_eq!(
+            ask(
+                &dev,
+                &[DOC, ("cookie", "__clerk_db_jwt=dvb_1")],
+                None,
+                &missing
+            ),
+            None,
+            "with a dev browser, the production rules"
+        );
+        // Production, or an instance Portier does not know: the parameter means nothing.
+        assert_eq!(
+            ask(&prod(), &[DOC], Some("__clerk_db_jwt=x"), &missing),
+            None
+        );
+        assert_eq!(ask(&prod(), &[DOC], None, &missing), None);
+        let unknown = Instance {
+            development: None,
+            ..prod()
+        };
+        assert_eq!(
+            ask(&unknown, &[DOC], Some("__clerk_db_jwt=x"), &missing),
+            None
+        );
+        assert_eq!(ask(&unknown, &[DOC], None, &missing), None);
+    }
+
+    #[test]
+    fn which_cookies_clerk_reads_plain_or_suffixed() {
+        let p = prod();
+        let fresh = session(NOW - 5);
+        let stale = session(NOW - 100);
+        // Both sets signed in, the plain token newer: Clerk reads the plain set.
+        let c = format!("__session={fresh}; __client_uat={}; __session_{SUFFIX}={stale}; __client_uat_{SUFFIX}={NOW}", NOW - 50);
+        assert_eq!(ask(&p, &[DOC, ("cookie", &c)], None, &signed_in()), None);
+        // The plain token belongs to another instance: the suffixed set, whose token predates
+        // its __client_uat.
+        let foreign = jwt(
+            json!({"typ": "JWT"}),
+            json!({"iss": "https://clerk.other.test", "iat": NOW}),
+        );
+        let c =
+            format!("__session={foreign}; __session_{SUFFIX}={stale}; __client_uat_{SUFFIX}={NOW}");
+        assert_eq!(
+            ask(&p, &[DOC, ("cookie", &c)], None, &signed_in()),
+            Some(Handshake::IatBeforeClientUat)
+        );
+        // A plain token without iss: the plain set (here without __client_uat).
+        let no_iss = jwt(json!({"typ": "JWT"}), json!({"iat": NOW}));
+        let c =
+            format!("__session={no_iss}; __session_{SUFFIX}={stale}; __client_uat_{SUFFIX}={NOW}");
+        assert_eq!(
+            ask(&p, &[DOC, ("cookie", &c)], None, &signed_in()),
+            Some(Handshake::SessionWithoutClientUat)
+        );
+        // The suffixed uat says signed out, the plain one signed in: plain.
+        let c = format!(
+            "__session={fresh}; __client_uat={}; __client_uat_{SUFFIX}=0",
+            NOW - 50
+        );
+        assert_eq!(ask(&p, &[DOC, ("cookie", &c)], None, &signed_in()), None);
+        // Without a suffix, only the plain names exist.
+        let plain_only = Instance {
+            cookie_suffix: None,
+            ..prod()
+        };
+        let c = format!("__session_{SUFFIX}={stale}; __client_uat_{SUFFIX}={NOW}");
+        assert_eq!(
+            ask(
+                &plain_only,
+                &[DOC, ("cookie", &c)],
+                None,
+                &out(Reason::TokenMissing, None)
+            ),
+            None
+        );
+    }
+
+    #[test]
+    fn clerks_number_and_issuer_readings() {
+        assert_eq!(
+            without_schemes("https://clerk.portier.test"),
+            "clerk.portier.test"
+        );
+        assert_eq!(without_schemes("HTTP://a.b/HTTPS://c"), "a.b/c");
+        assert_eq!(
+            without_schemes("htthttps://ps://x"),
+            "https://x",
+            "one pass"
+        );
+        assert_eq!(js_parse_int(" 17abc"), 17);
+        assert_eq!(js_parse_int("0x10"), 16);
+        assert_eq!(js_parse_int("-5"), -5);
+        assert_eq!(js_parse_int("abc"), 0);
+        assert_eq!(js_number(" 3 "), 3.0);
+        assert_eq!(js_number("0x3"), 3.0);
+        assert_eq!(js_number("3abc"), 0.0);
+        assert_eq!(js_number("Infinity"), 0.0);
+    }
+
+    #[test]
+    fn a_token_portier_did_not_verify_is_judged_by_its_times() {
+        let p = prod();
+        // Portier verified the suffixed token; Clerk reads the plain one, which expired.
+        let expired = session(NOW - 120);
+        let fresh = session(NOW - 5);
+        let c = format!("__session={expired}; __client_uat={}; __session_{SUFFIX}={fresh}; __client_uat_{SUFFIX}=0", NOW - 200);
+        assert_eq!(
+            ask(&p, &[DOC, ("cookie", &c)], None, &signed_in()),
+            Some(Handshake::Expired)
+        );
     }
 
     #[test]
     fn only_document_gets_are_handshaken_and_the_header_path_ignores_cookies() {
+        let p = prod();
+        let old = session(NOW - 120);
+        let c = format!("__session={old}; __client_uat={}", NOW - 200);
+        let both = ("cookie", c.as_str());
         let expired = out(Reason::TokenExpired, Some(TokenSource::Cookie));
-        let both = ("cookie", "__session=x; __client_uat=17");
         let ask = |m: Method, hs: &[(&str, &str)], a: &Authn| {
-            clerk_would_handshake(&m, &h(hs), Some("__clerk_handshake=x"), None, a)
+            clerk_would_handshake(&m, &h(hs), Some("__clerk_handshake=x"), &p, a, NOW)
         };
         assert_eq!(
             ask(Method::POST, &[DOC, both], &expired),
@@ -434,16 +1165,17 @@ mod tests {
             "no fetch metadata, HTML accepted"
         );
         assert_eq!(ask(Method::GET, &[("accept", "*/*"), both], &expired), None);
-        let bearer = out(Reason::TokenExpired, Some(TokenSource::Header));
+        let bearer = format!("Bearer {old}");
+        let header = out(Reason::TokenExpired, Some(TokenSource::Header));
         assert_eq!(
-            ask(Method::GET, &[DOC], &bearer),
+            ask(Method::GET, &[DOC, ("authorization", &bearer)], &header),
             Some(Handshake::Expired),
             "query ignored"
         );
         assert_eq!(
             ask(
                 Method::GET,
-                &[DOC],
+                &[DOC, ("authorization", &bearer)],
                 &out(Reason::TokenInvalid, Some(TokenSource::Header))
             ),
             None
@@ -471,32 +1203,52 @@ mod tests {
     }
 
     #[test]
-    fn next_data_requests_belong_to_their_page() {
+    fn next_data_requests_belong_to_the_page_nextjs_renders() {
+        let page = |p: &str| match data_request(p) {
+            Some(DataRequest::Page(p)) => Some(p),
+            _ => None,
+        };
+        // Next.js 16 `NextDataPathnameNormalizer` + `denormalizePagePath`.
+        for (path, want) in [
+            ("/_next/data/b1/dashboard.json", "/dashboard"),
+            ("/_next/data/b1/a/b.json", "/a/b"),
+            ("/_next/data/b1/index.json", "/"),
+            ("/_next/data/b1/.json", "/"),
+            ("/_next/data/b1/index/.json", "/"),
+            ("/_next/data/b1/blog/index.json", "/blog/index"),
+            (
+                "/_next/data/b1/index/images/generate.json",
+                "/images/generate",
+            ),
+            ("/_next/data/b1/index/index.json", "/index"),
+            ("/_next/data/b1/index/[slug].json", "/index/[slug]"),
+            ("/_next/data/b1/indexes.json", "/indexes"),
+            ("/_next/data/b1/a.json.json", "/a.json"),
+        ] {
+            assert_eq!(page(path).as_deref(), Some(want), "{path}");
+        }
         assert_eq!(
-            next_data_page("/_next/data/b1/dashboard.json").as_deref(),
-            Some("/dashboard")
+            data_request("/_next/data/b1/(.)photo/x.json"),
+            Some(DataRequest::Unclear)
         );
-        assert_eq!(
-            next_data_page("/_next/data/b1/index.json").as_deref(),
-            Some("/")
-        );
-        assert_eq!(
-            next_data_page("/_next/data/b1/blog/index.json").as_deref(),
-            Some("/blog")
-        );
-        assert_eq!(
-            next_data_page("/_next/data/b1/a/b.json").as_deref(),
-            Some("/a/b")
-        );
-        assert_eq!(next_data_page("/_next/data/b1/.json"), None);
-        assert_eq!(next_data_page("/_next/data//x.json"), None);
-        assert_eq!(next_data_page("/_next/static/x.js"), None);
-        assert_eq!(next_data_page("/_next/data/b1/x.js"), None);
+        assert_eq!(data_request("/_next/data//x.json"), None);
+        assert_eq!(data_request("/_next/data/b1.json"), None);
+        assert_eq!(data_request("/_next/static/x.js"), None);
+        assert_eq!(data_request("/_next/data/b1/x.js"), None);
+    }
+
+    fn compiled(src: &str) -> crate::policy::PolicySet {
+        crate::policy::PolicySet::compile(
+            &[(std::path::PathBuf::from("p.toml"), src.to_owned())],
+            &["nextjs"],
+        )
+        .expect("policy")
     }
 
     #[test]
     fn refusals_become_sign_in_or_upgrade_redirects_only_where_configured() {
-        let src = r#"
+        let set = compiled(
+            r#"
 [[route]]
 name = "pro"
 path = "/images/generate"
@@ -504,17 +1256,13 @@ methods = ["GET"]
 upstream = "nextjs"
 page = true
 plan = ["pro", "business"]
-"#;
-        let set = crate::policy::PolicySet::compile(
-            &[(std::path::PathBuf::from("p.toml"), src.to_owned())],
-            &["nextjs"],
-        )
-        .expect("policy");
+"#,
+        );
         let route = &set.routes[0];
         let pages = PagesConfig {
             sign_in_url: Some("/sign-in".into()),
             upgrade_url: Some("/pricing".into()),
-            public_origin: None,
+            ..PagesConfig::default()
         };
         let at = "/images/generate?x=1";
         assert_eq!(
@@ -535,6 +1283,100 @@ plan = ["pro", "business"]
             refusal_redirect(&PagesConfig::default(), route, Reason::TokenMissing, at),
             None,
             "without [pages] the refusal stays JSON"
+        );
+    }
+
+    #[test]
+    fn a_page_route_can_name_its_own_redirects() {
+        let set = compiled(
+            r#"
+[[route]]
+name = "studio"
+path = "/studio/{rest..}"
+methods = ["GET"]
+upstream = "nextjs"
+page = true
+plan = ["studio"]
+sign_in_url = "https://accounts.example.com/sign-in"
+upgrade_url = "/studio/plans?from=portier"
+"#,
+        );
+        let route = &set.routes[0];
+        let pages = PagesConfig {
+            sign_in_url: Some("/sign-in".into()),
+            upgrade_url: Some("/pricing".into()),
+            public_origin: Some("https://app.example.com".into()),
+            ..PagesConfig::default()
+        };
+        assert_eq!(
+            refusal_redirect(&pages, route, Reason::TokenExpired, "/studio/a").as_deref(),
+            Some("https://accounts.example.com/sign-in?redirect_url=https%3A%2F%2Fapp.example.com%2Fstudio%2Fa")
+        );
+        assert_eq!(
+            refusal_redirect(&pages, route, Reason::PlanRequired, "/studio/a").as_deref(),
+            Some("/studio/plans?from=portier&required=studio&redirect_url=https%3A%2F%2Fapp.example.com%2Fstudio%2Fa")
+        );
+        // Without [pages] at all, the route's own URLs still apply.
+        assert!(refusal_redirect(
+            &PagesConfig::default(),
+            route,
+            Reason::TokenMissing,
+            "/studio/a"
+        )
+        .is_some_and(|l| l.starts_with("https://accounts.example.com/sign-in?")));
+    }
+
+    #[test]
+    fn bad_redirect_targets_are_refused_with_their_place() {
+        for bad in [
+            "//evil.com/x",
+            "/\\evil.com",
+            "http://evil.com/x",
+            "evil.com",
+            "javascript:alert(1)",
+            "/sign in",
+        ] {
+            assert!(check_redirect_target(bad).is_err(), "{bad}");
+        }
+        for good in [
+            "/sign-in",
+            "/pricing?from=portier",
+            "https://accounts.example.com/sign-in",
+        ] {
+            assert!(check_redirect_target(good).is_ok(), "{good}");
+        }
+        let err = crate::policy::PolicySet::compile(
+            &[(
+                std::path::PathBuf::from("p.toml"),
+                r#"
+[[route]]
+name = "a"
+path = "/a"
+methods = ["GET"]
+upstream = "nextjs"
+page = true
+sign_in_url = "//evil.com"
+
+[[route]]
+name = "b"
+path = "/b"
+methods = ["GET"]
+upstream = "nextjs"
+upgrade_url = "/pricing"
+"#
+                .to_owned(),
+            )],
+            &["nextjs"],
+        )
+        .expect_err("bad URLs")
+        .to_string();
+        assert!(
+            err.contains("p.toml:8:15: route.sign_in_url: \"//evil.com\": a path on this site"),
+            "{err}"
+        );
+        assert!(
+            err.contains("p.toml:15:15: route.upgrade_url: only used with page = true"),
+            "{err}"
         );
     }
 
@@ -569,5 +1411,15 @@ plan = ["pro", "business"]
             redirect_location("/pricing?from=portier", Some("https://app.example.com/"), "/images/generate", &[("required", "pro")]),
             "/pricing?from=portier&required=pro&redirect_url=https%3A%2F%2Fapp.example.com%2Fimages%2Fgenerate"
         );
+        // The way back is the canonical path: `//evil.com` collapses to `/evil.com`.
+        for raw in ["//evil.com", "///evil.com/x", "//dashboard"] {
+            let canonical = crate::path::canonicalize(raw).expect("canonical");
+            let back = back_target(&canonical, Some("a=1"));
+            assert!(
+                back.starts_with('/') && !back.starts_with("//"),
+                "{raw} -> {back}"
+            );
+        }
+        assert_eq!(back_target("/a", None), "/a");
     }
 }

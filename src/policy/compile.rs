@@ -210,6 +210,13 @@ impl FileApi {
     }
 }
 
+/// A page route's own redirect targets for refused navigations; `[pages]` when unset.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PageRedirects {
+    pub sign_in_url: Option<String>,
+    pub upgrade_url: Option<String>,
+}
+
 /// A compiled route.
 #[derive(Debug, Clone)]
 pub struct Route {
@@ -227,6 +234,8 @@ pub struct Route {
     pub rate_limit: Option<RateSpec>,
     pub max_body_bytes: Option<u64>,
     pub timeout: Option<Duration>,
+    /// Page routes: where refused navigations go, when the route says so.
+    pub redirects: PageRedirects,
     pub params: Vec<String>,
     pub(crate) segs: Vec<PatSeg>,
 }
@@ -641,6 +650,25 @@ impl Compiler<'_> {
             }
             m
         });
+        let is_page = matches!(kind, Some(RouteKind::Proxy { page: true, .. }));
+        let mut redirect = |v: Option<Spanned<String>>, key: &str| {
+            let v = v?;
+            let at = v.span().start;
+            let v = v.into_inner();
+            if !is_page {
+                self.err(diags, at, key, "only used with page = true");
+                return None;
+            }
+            if let Err(e) = crate::admission::pages::check_redirect_target(&v) {
+                self.err(diags, at, key, format!("{v:?}: {e}"));
+                return None;
+            }
+            Some(v)
+        };
+        let redirects = PageRedirects {
+            sign_in_url: redirect(r.sign_in_url, "route.sign_in_url"),
+            upgrade_url: redirect(r.upgrade_url, "route.upgrade_url"),
+        };
         let written_name = (!name.is_empty()).then(|| (name.clone(), name_at));
         if diags.errors() > before {
             return (written_name, None);
@@ -662,6 +690,7 @@ impl Compiler<'_> {
             rate_limit,
             max_body_bytes,
             timeout: r.timeout_ms.map(|t| Duration::from_millis(t.into_inner())),
+            redirects,
             params,
             segs,
         };

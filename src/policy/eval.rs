@@ -43,10 +43,15 @@ pub enum Handshake {
     Completing,
     /// `__clerk_db_jwt` in the query (development instances).
     DevBrowserSync,
+    /// `dev-browser-missing`: no `__clerk_db_jwt` cookie or query (development instances).
+    DevBrowserMissing,
     /// `session-token-but-no-client-uat`.
     SessionWithoutClientUat,
     /// `client-uat-but-no-session-token`.
     ClientUatWithoutSession,
+    /// `session-token-iat-before-client-uat`: the token predates the client's last change
+    /// (a sign-in, an account switch), even when it is still valid.
+    IatBeforeClientUat,
     /// `session-token-expired-refresh-*`.
     Expired,
     /// `session-token-nbf`.
@@ -60,6 +65,8 @@ impl Handshake {
         match self {
             Handshake::Completing => "completing a handshake (__clerk_handshake)",
             Handshake::DevBrowserSync => "dev-browser-sync",
+            Handshake::DevBrowserMissing => "dev-browser-missing",
+            Handshake::IatBeforeClientUat => "session-token-iat-before-client-uat",
             Handshake::SessionWithoutClientUat => "session-token-but-no-client-uat",
             Handshake::ClientUatWithoutSession => "client-uat-but-no-session-token",
             Handshake::Expired => "session-token-expired",
@@ -76,7 +83,10 @@ pub enum Decision {
     /// pass-through; `shadow` is the reason a shadow rule would have refused.
     Allow {
         identity: Option<Arc<Identity>>,
-        signed_out_page: bool,
+        /// A page request passed to the app signed out because Clerk's middleware would
+        /// handshake it: the refusal it would otherwise get, which replaces any answer that
+        /// is neither a redirect nor a page for a session holding the policy.
+        signed_out_page: Option<Reason>,
         shadow: Option<Reason>,
     },
     Deny(Reason),
@@ -86,7 +96,7 @@ impl Decision {
     pub fn allow(identity: Option<Arc<Identity>>) -> Decision {
         Decision::Allow {
             identity,
-            signed_out_page: false,
+            signed_out_page: None,
             shadow: None,
         }
     }
@@ -206,32 +216,14 @@ pub fn evaluate(
                 )
                 .shadow(shadow_mode)
             });
-            // Next.js pages: what Clerk's middleware would answer with its handshake (an
-            // expired 60 s token, a first visit after sign-in, the way back from the Frontend
-            // API) goes to the app signed out, so the session can refresh. The proxy lets only
-            // a redirect, or a page for a session that holds this policy, back out.
-            if let (true, Some(why)) = (route.is_page(), req.handshake) {
-                trace.step(|| {
-                    Step::new(
-                        format!(
-                            "page: Clerk's middleware would handshake ({}): passes signed out, \
-                             its answer is checked",
-                            why.describe()
-                        ),
-                        true,
-                        None,
-                    )
-                });
-                return Decision::Allow {
-                    identity: None,
-                    signed_out_page: true,
-                    shadow: None,
-                };
+            // A page Clerk's middleware would handshake goes to the app signed out.
+            if let Some(pass) = handshake_pass(route, req, *reason, trace) {
+                return pass;
             }
             if shadow_mode {
                 return Decision::Allow {
                     identity: None,
-                    signed_out_page: false,
+                    signed_out_page: None,
                     shadow: Some(*reason),
                 };
             }
@@ -257,6 +249,11 @@ pub fn evaluate(
         });
         if !ok {
             if !shadow_mode {
+                // A valid session Clerk's middleware would still refresh first (its token
+                // predates `__client_uat`: an account switch, a new plan): the app answers.
+                if let Some(pass) = handshake_pass(route, req, r.reason(), trace) {
+                    return pass;
+                }
                 return Decision::Deny(r.reason());
             }
             shadow.get_or_insert(r.reason());
@@ -271,9 +268,40 @@ pub fn evaluate(
     }
     Decision::Allow {
         identity: Some(identity.clone()),
-        signed_out_page: false,
+        signed_out_page: None,
         shadow,
     }
+}
+
+/// Next.js pages: what Clerk's middleware would answer with its handshake (an expired 60 s
+/// token, a first visit after sign-in, a token older than `__client_uat`, the way back from
+/// the Frontend API) goes to the app signed out instead of the refusal `reason`, so the
+/// session can refresh. The proxy lets only a redirect, or a page for a session that holds
+/// this policy, back out; anything else becomes the refusal `reason`.
+fn handshake_pass(
+    route: &Route,
+    req: &RequestFacts<'_>,
+    reason: Reason,
+    trace: &mut impl Trace,
+) -> Option<Decision> {
+    let why = req.handshake.filter(|_| route.is_page())?;
+    trace.step(|| {
+        Step::new(
+            format!(
+                "page: Clerk's middleware would handshake ({}): passes signed out, its answer \
+                 is checked (otherwise {})",
+                why.describe(),
+                reason.code()
+            ),
+            true,
+            None,
+        )
+    });
+    Some(Decision::Allow {
+        identity: None,
+        signed_out_page: Some(reason),
+        shadow: None,
+    })
 }
 
 /// The object key of an S3 object route match: the tail parameter, decoded once and checked.

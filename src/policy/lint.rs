@@ -201,7 +201,23 @@ pub fn lint_structure(set: &PolicySet) -> Diagnostics {
                 }
             }
         }
-        if route.is_public() && route.methods.has_writes() {
+        if route.is_public() && route.is_page() && route.methods.contains("POST") {
+            // Server actions are global in Next.js: the `Next-Action` id picks the action,
+            // whatever page the POST goes to.
+            out.push(
+                Diagnostic::line(
+                    &route.file,
+                    route.line,
+                    "route.methods",
+                    format!(
+                        "public page route {:?} accepts POST: Next.js runs any server action of the app through any page (the Next-Action header names it), so every action can be called signed out here; drop POST or make each action check auth() itself",
+                        route.name
+                    ),
+                )
+                .warning()
+                .code("public_server_actions"),
+            );
+        } else if route.is_public() && route.methods.has_writes() {
             out.push(
                 Diagnostic::line(
                     &route.file,
@@ -343,6 +359,40 @@ access = "public"
         );
         assert!(out.contains("[public_page_data]"), "{out}");
         assert_eq!(out.matches("public_page_data").count(), 1, "{out}");
+    }
+
+    #[test]
+    fn public_pages_that_take_posts_expose_every_server_action() {
+        let out = lints(
+            r#"
+[[route]]
+name = "home"
+path = "/"
+methods = ["GET", "POST"]
+upstream = "app"
+page = true
+access = "public"
+
+[[route]]
+name = "dashboard"
+path = "/dashboard"
+methods = ["GET", "POST"]
+upstream = "app"
+page = true
+"#,
+            &Declared::default(),
+        );
+        assert!(
+            out.contains(
+                "l.toml:3:1: warning: route.methods: public page route \"home\" accepts POST"
+            ),
+            "{out}"
+        );
+        assert_eq!(out.matches("[public_server_actions]").count(), 1, "{out}");
+        assert!(
+            !out.contains("public_write"),
+            "one warning per route: {out}"
+        );
     }
 
     #[test]

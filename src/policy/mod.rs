@@ -17,7 +17,8 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 pub use compile::{
-    parse_pattern, Access, FileApi, KindRule, MethodSet, ObjectRoute, Requirement, Route, RouteKind,
+    parse_pattern, Access, FileApi, KindRule, MethodSet, ObjectRoute, PageRedirects, Requirement,
+    Route, RouteKind,
 };
 pub use content::ContentType;
 pub use eval::{

@@ -63,6 +63,10 @@ pub struct RawRoute {
     pub page: Option<Spanned<bool>>,
     /// The route accepts WebSocket upgrades (authorized like any request).
     pub websocket: Option<Spanned<bool>>,
+    /// Page routes: where this page's signed-out navigations go (overrides `[pages]`).
+    pub sign_in_url: Option<Spanned<String>>,
+    /// Page routes: where navigations lacking this page's plan or feature go.
+    pub upgrade_url: Option<Spanned<String>>,
     pub requirements: RawRequirements,
     /// Requirements evaluated and logged but not enforced.
     pub shadow: Option<Spanned<RawRequirements>>,
@@ -141,6 +145,8 @@ pub const ROUTE_KEYS: &[&str] = &[
     "mode",
     "page",
     "websocket",
+    "sign_in_url",
+    "upgrade_url",
     "plan",
     "feature",
     "org_role",
@@ -206,6 +212,8 @@ impl Reader<'_> {
                 "mode" => r.mode = self.take(&path, v),
                 "page" => r.page = self.take(&path, v),
                 "websocket" => r.websocket = self.take(&path, v),
+                "sign_in_url" => r.sign_in_url = self.take(&path, v),
+                "upgrade_url" => r.upgrade_url = self.take(&path, v),
                 "plan" => r.requirements.plan = self.take(&path, v),
                 "feature" => r.requirements.feature = self.take(&path, v),
                 "org_role" => r.requirements.org_role = self.take(&path, v),

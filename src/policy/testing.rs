@@ -12,6 +12,8 @@
 //! reason = "not_owner"
 //! ```
 //! Without `claims` the caller is signed out (`signed_out` names why, default `token_missing`).
+//! Paths are decided as the proxy decides them: `/_next/data/<build>/<page>.json` by the route
+//! of the page Next.js renders for it.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -21,6 +23,7 @@ use serde_json::{Map, Value};
 use toml::Spanned;
 
 use super::{decide, Authn, Decision, Handshake, PolicySet, RequestFacts};
+use crate::admission::pages::{self, DataRequest};
 use crate::auth::{Identity, TokenSource};
 use crate::diag::{from_toml_error, Diagnostic, Diagnostics};
 use crate::error::Reason;
@@ -190,7 +193,18 @@ pub fn run(set: &PolicySet, sources: &[(PathBuf, String)]) -> Result<Vec<CaseRes
                         navigation: c.navigation,
                         handshake,
                     };
-                    decide(set, &p, &facts, &authn)
+                    // As the proxy decides: page data by the page Next.js renders, which
+                    // must be a page route.
+                    match pages::data_request(&p) {
+                        None => decide(set, &p, &facts, &authn),
+                        Some(DataRequest::Unclear) => (None, Decision::Deny(Reason::NoRoute)),
+                        Some(DataRequest::Page(page)) => match decide(set, &page, &facts, &authn) {
+                            (Some(i), _) if !set.routes.get(i).is_some_and(|r| r.is_page()) => {
+                                (None, Decision::Deny(Reason::NoRoute))
+                            }
+                            decided => decided,
+                        },
+                    }
                 }
                 Err(_) => (None, Decision::Deny(Reason::BadPath)),
             };

@@ -81,7 +81,7 @@ fn public_routes_allow_anyone_and_keep_a_valid_identity() {
         run(&s, "/p/x", &GET, &out),
         Decision::Allow {
             identity: None,
-            signed_out_page: false,
+            signed_out_page: None,
             shadow: None
         }
     );
@@ -90,7 +90,7 @@ fn public_routes_allow_anyone_and_keep_a_valid_identity() {
         run(&s, "/p/x", &GET, &Authn::SignedIn(me.clone())),
         Decision::Allow {
             identity: Some(me),
-            signed_out_page: false,
+            signed_out_page: None,
             shadow: None
         }
     );
@@ -191,7 +191,7 @@ fn page_pass_through_needs_a_handshake_on_a_page_route() {
         run(&s, "/page", &nav, &expired_cookie),
         Decision::Allow {
             identity: None,
-            signed_out_page: true,
+            signed_out_page: Some(Reason::TokenExpired),
             shadow: None
         }
     );
@@ -224,11 +224,45 @@ fn page_pass_through_needs_a_handshake_on_a_page_route() {
         run(&s, "/page", &no_handshake, &invalid),
         Decision::Deny(Reason::TokenInvalidSignature)
     );
-    // Signed in, the page's requirements apply as usual.
+    // Signed in, the page's requirements apply as usual...
+    let signed_in = Authn::SignedIn(id(json!({})));
     assert_eq!(
-        run(&s, "/page", &nav, &Authn::SignedIn(id(json!({})))),
+        run(&s, "/page", &no_handshake, &signed_in),
         Decision::Deny(Reason::FeatureRequired)
     );
+    // ...unless Clerk's middleware would refresh the session first (a valid token older than
+    // `__client_uat`): the app answers, checked against the refusal it would have had.
+    let stale = RequestFacts {
+        handshake: Some(super::Handshake::IatBeforeClientUat),
+        ..nav
+    };
+    assert_eq!(
+        run(&s, "/page", &stale, &signed_in),
+        Decision::Allow {
+            identity: None,
+            signed_out_page: Some(Reason::FeatureRequired),
+            shadow: None
+        }
+    );
+    assert_eq!(
+        run(&s, "/gen", &stale, &signed_in),
+        Decision::Deny(Reason::PlanRequired),
+        "only page routes pass"
+    );
+    // A session that holds the policy is forwarded as usual (Clerk's middleware handshakes).
+    assert!(matches!(
+        run(
+            &s,
+            "/page",
+            &stale,
+            &Authn::SignedIn(id(json!({"fea": "u:dash"})))
+        ),
+        Decision::Allow {
+            identity: Some(_),
+            signed_out_page: None,
+            ..
+        }
+    ));
 }
 
 #[test]

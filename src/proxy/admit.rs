@@ -53,13 +53,6 @@ impl From<Reason> for Refusal {
     }
 }
 
-fn authn_reason(authn: &Authn) -> Reason {
-    match authn {
-        Authn::SignedOut { reason, .. } => *reason,
-        Authn::SignedIn(_) => Reason::TokenMissing,
-    }
-}
-
 type Admission = std::result::Result<Admitted, Refusal>;
 
 /// Largest presign request body: a key and a few fields.
@@ -68,16 +61,25 @@ const MAX_PRESIGN_BODY: u64 = 8 * 1024;
 /// Largest delete request body: up to 1,000 keys of up to 1,024 bytes, JSON-quoted.
 const MAX_DELETE_BODY: u64 = 2 * 1024 * 1024;
 
-/// The request body as the file API reads it.
-struct SessionBody<'a>(&'a mut Session);
+/// The request body as the file API reads it. A read error is kept, so the request fails
+/// as any other whose body stops: 408 `client_timeout` when the client stalls, nothing
+/// (and an error in the log, not a policy denial) when it went away.
+struct SessionBody<'a> {
+    session: &'a mut Session,
+    error: Option<Box<Error>>,
+}
 
 #[async_trait::async_trait]
 impl crate::files::BodySource for SessionBody<'_> {
     async fn next_chunk(&mut self) -> std::io::Result<Option<bytes::Bytes>> {
-        self.0
-            .read_request_body()
-            .await
-            .map_err(|e| std::io::Error::other(e.to_string()))
+        match self.session.read_request_body().await {
+            Ok(chunk) => Ok(chunk),
+            Err(e) => {
+                let text = e.to_string();
+                self.error = Some(e.into_down());
+                Err(std::io::Error::other(text))
+            }
+        }
     }
 }
 
@@ -113,9 +115,13 @@ impl Portier {
                 }));
             }
         }
-        // A Pages Router data request is decided by its page's route (never an asset route);
-        // it is forwarded as it came.
-        let data_page = pages::next_data_page(&canonical);
+        // A Pages Router data request is decided by the route of the page Next.js renders
+        // (never an asset route); it is forwarded as it came.
+        let data_page = match pages::data_request(&canonical) {
+            None => None,
+            Some(pages::DataRequest::Page(p)) => Some(p),
+            Some(pages::DataRequest::Unclear) => return Ok(Err(Reason::NoRoute.into())),
+        };
         let decided_path = data_page.as_deref().unwrap_or(&canonical);
         let m = match policies.lookup(method, decided_path) {
             Ok(m) if data_page.is_some() && !m.route.is_page() => {
@@ -152,16 +158,25 @@ impl Portier {
         };
         let navigation = pages::is_navigation(&req.method, &req.headers);
         let handshake = if route.is_page() {
+            let settings = live.verifier.settings();
+            let instance = pages::Instance::new(
+                settings.cookie_suffix.as_deref(),
+                &cfg.pages,
+                &settings.issuer,
+            );
             pages::clerk_would_handshake(
                 &req.method,
                 &req.headers,
                 req.uri.query(),
-                live.verifier.settings().cookie_suffix.as_deref(),
+                &instance,
                 &authn,
+                unix_now(),
             )
         } else {
             None
         };
+        // `redirect_url` goes back to the canonical path: the raw one may say `//evil.com`.
+        let back = || pages::back_target(&canonical, req.uri.query());
         let facts = RequestFacts {
             method,
             navigation,
@@ -174,8 +189,7 @@ impl Portier {
                 }
                 let mut refusal = Refusal::from(reason);
                 if route.is_page() && navigation {
-                    let target = req.uri.path_and_query().map_or("/", |pq| pq.as_str());
-                    refusal.redirect = pages::refusal_redirect(&cfg.pages, route, reason, target);
+                    refusal.redirect = pages::refusal_redirect(&cfg.pages, route, reason, &back());
                 }
                 return Ok(Err(refusal));
             }
@@ -185,18 +199,19 @@ impl Portier {
                 shadow,
             } => {
                 ctx.identity = identity;
-                ctx.signed_out_page = signed_out_page;
-                if signed_out_page {
+                if let Some(reason) = signed_out_page {
+                    // An upgrade never rides a signed-out pass-through: after a 101 no answer
+                    // is left to check.
+                    if admission::is_upgrade(&req.headers) {
+                        return Ok(Err(reason.into()));
+                    }
                     // The answer is checked against this route before it goes back.
                     ctx.page_check = Some(PageCheck {
                         route: m.index,
-                        reason: authn_reason(&authn),
+                        reason,
                         navigation,
-                        target: req
-                            .uri
-                            .path_and_query()
-                            .map_or("/", |pq| pq.as_str())
-                            .to_owned(),
+                        path: decided_path.to_owned(),
+                        target: back(),
                     });
                 }
                 ctx.shadow = shadow;
@@ -407,6 +422,7 @@ impl Portier {
         route: &Route,
         authn: &Authn,
     ) -> Result<Admission> {
+        ctx.operation = Some("Presign");
         let Some(backend) = live.s3.clone() else {
             log::error!("an s3 route is configured but [s3] is not");
             return Ok(Err(Reason::Internal.into()));
@@ -415,7 +431,6 @@ impl Portier {
         if let Err(reason) = backend.credentials() {
             return Ok(Err(reason.into()));
         }
-        ctx.operation = Some("Presign");
         ctx.continue_sent |= continue_if_expected(session).await?;
         let body = match read_bounded(session, MAX_PRESIGN_BODY, false).await? {
             Ok(b) => b,
@@ -425,7 +440,10 @@ impl Portier {
         let grant = match admission::s3::presign(&live.policies, route, &body, authn, default_limit)
         {
             Ok(g) => g,
-            Err(reason) => return Ok(Err(reason.into())),
+            Err(reason) => {
+                ctx.key_kind = admission::s3::asked_kind(&body);
+                return Ok(Err(reason.into()));
+            }
         };
         ctx.key_kind = crate::s3::kind_folder(&grant.key).map(str::to_string);
         let method = grant.method.as_str();
@@ -463,6 +481,7 @@ impl Portier {
         (api, object_route): (FileApi, usize),
         authn: &Authn,
     ) -> Result<Admission> {
+        ctx.operation = Some(api.operation());
         let Some(backend) = live.s3.clone() else {
             log::error!("an s3 route is configured but [s3] is not");
             return Ok(Err(Reason::Internal.into()));
@@ -471,7 +490,6 @@ impl Portier {
         if let Err(reason) = backend.credentials() {
             return Ok(Err(reason.into()));
         }
-        ctx.operation = Some(api.operation());
         let policies = &live.policies;
         let default_limit = live.config.limits.max_body_bytes;
         let object = policies.routes.get(object_route);
@@ -510,21 +528,22 @@ impl Portier {
                         default_limit,
                     )
                 };
-                let mut body = SessionBody(session);
-                match crate::files::upload(&mut body, &boundary, &backend, max_body, &decide).await
-                {
-                    Ok(up) => {
-                        ctx.key_kind = up.kind.clone();
-                        let types = object
-                            .and_then(|r| match &r.kind {
-                                RouteKind::S3Object(o) => {
-                                    up.kind.as_deref().and_then(|k| o.kinds.get(k))
-                                }
-                                _ => None,
-                            })
-                            .map(|k| k.content_types.clone())
-                            .unwrap_or_default();
-                        let extras = crate::files::download_extras(&types);
+                let mut body = SessionBody {
+                    session,
+                    error: None,
+                };
+                let mut kind = None;
+                let stored = crate::files::upload(
+                    &mut body, &boundary, &backend, max_body, &decide, &mut kind,
+                )
+                .await;
+                ctx.key_kind = kind;
+                match (stored, body.error) {
+                    // The body stopped: failed like any other request whose body does.
+                    (Err(crate::files::FilesError::Client(_)), Some(e)) => return Err(e),
+                    (Err(e), _) => Err(e),
+                    (Ok(up), _) => {
+                        let extras = admission::s3::download_extras();
                         crate::files::presigned_url(&backend, "GET", &up.key, None, &extras)
                             .map(|signed| {
                                 serde_json::json!({
@@ -538,7 +557,6 @@ impl Portier {
                             })
                             .map_err(crate::files::FilesError::Refused)
                     }
-                    Err(e) => Err(e),
                 }
             }
             FileApi::Delete => {
@@ -555,7 +573,10 @@ impl Portier {
                             .map(str::to_string);
                         crate::files::delete(&backend, &keys).await
                     }
-                    Err(reason) => Err(reason.into()),
+                    Err(reason) => {
+                        ctx.key_kind = admission::s3::asked_kind(&body);
+                        Err(reason.into())
+                    }
                 }
             }
             FileApi::List => {
@@ -563,16 +584,12 @@ impl Portier {
                 match admission::s3::list_request(policies, object_route, query, authn) {
                     Ok(plan) => {
                         ctx.key_kind = Some(plan.kind.clone());
-                        let types = object
-                            .and_then(|r| match &r.kind {
-                                RouteKind::S3Object(o) => o.kinds.get(&plan.kind),
-                                _ => None,
-                            })
-                            .map(|k| k.content_types.clone())
-                            .unwrap_or_default();
-                        crate::files::list(&backend, &plan, &types).await
+                        crate::files::list(&backend, &plan).await
                     }
-                    Err(reason) => Err(reason.into()),
+                    Err(reason) => {
+                        ctx.key_kind = admission::s3::asked_list_kind(query);
+                        Err(reason.into())
+                    }
                 }
             }
         };

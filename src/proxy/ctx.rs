@@ -34,7 +34,6 @@ pub struct Ctx {
     pub(super) identity: Option<Arc<Identity>>,
     /// Why Portier refused or failed the request, when it did.
     pub(super) reason: Option<Reason>,
-    pub(super) signed_out_page: bool,
     pub(super) body_limit: Option<u64>,
     pub(super) body_seen: u64,
     pub(super) rate_headers: Vec<(&'static str, String)>,
@@ -59,9 +58,12 @@ pub struct Ctx {
     /// A page request that went to the app signed out (Clerk's handshake): its answer is
     /// checked against the route before it goes back.
     pub(super) page_check: Option<PageCheck>,
-    /// The app's answer was replaced (a page the policy refuses): its body is dropped and
-    /// this one sent.
-    pub(super) page_replaced: Option<bytes::Bytes>,
+    /// The app's answer is refused (a page the policy refuses): `fail_to_proxy` sends this.
+    pub(super) page_refusal: Option<PageRefusal>,
+    /// A page refusal was sent: not an error to log.
+    pub(super) page_refused: bool,
+    /// A passed redirect: its body is dropped.
+    pub(super) page_body_dropped: bool,
     /// Counts the request as in flight until the context is dropped (the request is done).
     pub(super) _in_flight: Option<InFlight>,
     /// Upstream peers this request was sent to (a failed connect is retried on another).
@@ -100,8 +102,19 @@ pub struct PageCheck {
     /// Why the request was signed out when it came in.
     pub reason: Reason,
     pub navigation: bool,
-    /// The request's path and query, for a sign-in `redirect_url`.
+    /// The canonical path the route was decided on (a data request's page path).
+    pub path: String,
+    /// The canonical path and the query, for a sign-in `redirect_url`.
     pub target: String,
+}
+
+/// What replaces a refused page answer.
+pub struct PageRefusal {
+    pub reason: Reason,
+    /// A person's navigation: the sign-in or upgrade redirect.
+    pub location: Option<String>,
+    /// The app's Set-Cookie headers, kept so the browser still gets its fresh session.
+    pub set_cookies: Vec<http::HeaderValue>,
 }
 
 impl Ctx {

@@ -137,10 +137,10 @@ impl ProxyHttp for Portier {
             let head_only = session.req_header().method == http::Method::HEAD;
             s3::error_body(body, end_of_stream, head_only, error);
         }
-        if let Some(call) = &ctx.egress {
+        if let Some(call) = ctx.egress.as_mut() {
             egress::replace_body(body, end_of_stream, call);
         }
-        pages::replace_body(body, end_of_stream, ctx);
+        pages::drop_body(body, ctx);
         Ok(None)
     }
 
@@ -155,8 +155,11 @@ impl ProxyHttp for Portier {
     ) -> Result<()> {
         if let Some(call) = ctx.egress.as_mut() {
             if let Err(e) = egress::check_body(body, _end_of_stream, call) {
-                ctx.egress_error = Some(crate::egress::errors::S3Error::SHA256_MISMATCH);
-                return Err(e);
+                ctx.egress_error = Some(e);
+                return Err(Error::explain(
+                    ErrorType::HTTPStatus(e.status),
+                    "egress body does not match what its request declared",
+                ));
             }
             return Ok(());
         }
@@ -201,8 +204,11 @@ impl ProxyHttp for Portier {
                 }
             }
         }
-        for (k, v) in ctx.rate_headers.drain(..) {
-            resp.insert_header(k, v)?;
+        // On the final answer, not on a `100 Continue` before it.
+        if !resp.status.is_informational() {
+            for (k, v) in ctx.rate_headers.drain(..) {
+                resp.insert_header(k, v)?;
+            }
         }
         self.page_answer(session, resp, ctx).await
     }
@@ -264,7 +270,9 @@ impl ProxyHttp for Portier {
             let backend = live.s3.as_ref().ok_or_else(no_s3)?;
             return s3::sign(backend, upstream_request, call, ctx.continue_sent);
         }
-        if let Some(uri) = ctx.forward.take() {
+        // Cloned, not taken: a retry starts again from the client's request header, and must
+        // go out (and be asserted) with the canonical path too.
+        if let Some(uri) = ctx.forward.clone() {
             upstream_request.set_uri(uri);
         }
         if ctx.continue_sent {
@@ -369,6 +377,14 @@ impl ProxyHttp for Portier {
     }
 
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
+        // A page answer the policy refuses (`response_filter` failed it): the refusal, whole.
+        if let Some(refusal) = ctx.page_refusal.take() {
+            ctx.page_refused = true;
+            return FailToProxy {
+                error_code: pages::send_page_refusal(session, refusal).await,
+                can_reuse_downstream: false,
+            };
+        }
         if ctx.egress.is_some() {
             use crate::egress::errors::S3Error;
             let err = match (ctx.egress_error, e.etype()) {
@@ -460,7 +476,12 @@ impl ProxyHttp for Portier {
         }
     }
 
-    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Ctx) {
+    /// A refused page answer is a decision, not a proxy failure.
+    fn suppress_error_log(&self, _session: &Session, ctx: &Ctx, _e: &Error) -> bool {
+        ctx.page_refused
+    }
+
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
         // A next request on this connection gets a fresh head deadline from its first byte.
         if let Some(clock) = HeadClock::of(session) {
             clock.request_done();
@@ -476,9 +497,12 @@ impl ProxyHttp for Portier {
         let denied = ctx
             .reason
             .is_some_and(|r| r.status() < 500 && r != Reason::ClientTimeout);
+        // A client that went away before any answer failed the request; nobody refused it.
+        let client_gone = status == 0 && e.is_some_and(|e| e.esource() == &ErrorSource::Downstream);
         let decision = match (denied, ctx.reason, ctx.shadow) {
             (true, _, _) => "deny",
             (false, Some(_), _) => "error",
+            (false, None, _) if client_gone => "error",
             (false, None, Some(_)) => "shadow_deny",
             (false, None, None) => "allow",
         };

@@ -14,6 +14,7 @@ mod jwks;
 mod lifecycle;
 mod nextjs;
 mod ops;
+mod pages;
 mod paths;
 mod proxying;
 mod s3;

@@ -4,10 +4,12 @@
 //! test issuer's public key (`jwtKey`); its Frontend API is never contacted (its handshake is
 //! observed as the 307 it answers).
 
+use std::collections::VecDeque;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
@@ -24,14 +26,27 @@ fn app_dir() -> PathBuf {
 struct Next {
     child: Child,
     addr: SocketAddr,
+    /// The last lines Next.js wrote to stderr, printed when the test fails.
+    stderr: Arc<Mutex<VecDeque<String>>>,
 }
 
 impl Drop for Next {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if std::thread::panicking() {
+            let tail = self.stderr.lock().map(|t| t.clone()).unwrap_or_default();
+            eprintln!("--- next start stderr (last {} lines) ---", tail.len());
+            for line in tail {
+                eprintln!("{line}");
+            }
+            eprintln!("--- end of next start stderr ---");
+        }
     }
 }
+
+/// Lines of Next.js's stderr kept for a failure report.
+const STDERR_TAIL: usize = 80;
 
 fn start_next() -> Next {
     let dir = app_dir();
@@ -53,9 +68,23 @@ fn start_next() -> Next {
         .env("NEXT_PUBLIC_CLERK_KEYLESS_DISABLED", "1")
         .env("CLERK_DISABLE_AUTO_PROXY", "1")
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(Stdio::piped())
         .spawn()
         .expect("start next");
+    let stderr = Arc::new(Mutex::new(VecDeque::new()));
+    if let Some(err) = child.stderr.take() {
+        let tail = stderr.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(err).lines().map_while(Result::ok) {
+                if let Ok(mut t) = tail.lock() {
+                    if t.len() == STDERR_TAIL {
+                        t.pop_front();
+                    }
+                    t.push_back(line);
+                }
+            }
+        });
+    }
     let stdout = child.stdout.take().expect("stdout");
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
@@ -66,7 +95,11 @@ fn start_next() -> Next {
         }
     });
     let ready = rx.recv_timeout(Duration::from_secs(60)).is_ok();
-    let next = Next { child, addr };
+    let next = Next {
+        child,
+        addr,
+        stderr,
+    };
     assert!(ready, "next start did not get ready");
     next
 }
@@ -153,8 +186,23 @@ fn text_of(body: &str, id: &str) -> Option<String> {
     Some(body[start..start + end].to_owned())
 }
 
+/// Where the test's own timings go, for the CI time it adds (also printed).
+fn record_timing(line: &str) {
+    eprintln!("{line}");
+    let file = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("nextjs-e2e-timing.txt");
+    if let Ok(mut f) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(file)
+    {
+        use std::io::Write;
+        let _ = writeln!(f, "{} {line}", portier::decision_log::rfc3339_now());
+    }
+}
+
 #[test]
 fn nextjs_pages_behind_portier_behave_like_clerks_middleware() {
+    let started = Instant::now();
     let (_next, portier, _jwks) = start();
     let at = portier.addr;
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -166,6 +214,7 @@ fn nextjs_pages_behind_portier_behave_like_clerks_middleware() {
         );
         std::thread::sleep(Duration::from_millis(200));
     }
+    let setup = started.elapsed();
 
     // Signed in: the dashboard renders with the user Clerk saw.
     let t = session("user_123", json!({}), 0);
@@ -215,6 +264,27 @@ fn nextjs_pages_behind_portier_behave_like_clerks_middleware() {
         r.header("location"),
         Some("/pricing?required=pro&redirect_url=%2Fimages%2Fgenerate")
     );
+    // A valid free token issued before __client_uat (an account switch, a plan change in
+    // another tab): Clerk's middleware refreshes it before it counts, so the navigation reaches
+    // it and its handshake comes back, not the pricing redirect.
+    let switched = session("user_free", json!({"pla": "u:free"}), -10);
+    let switched_cookie = format!(
+        "__session={switched}; __client_uat={}",
+        iat_of(&switched) + 10
+    );
+    let r = send(at, "/images/generate", &document(&switched_cookie));
+    assert_eq!(r.status, 307, "{}", r.body);
+    assert!(
+        r.header("location")
+            .is_some_and(|l| l.starts_with("https://clerk.portier.test/v1/client/handshake?")),
+        "{:?}",
+        r.header("location")
+    );
+    assert_eq!(
+        r.header("x-clerk-auth-reason"),
+        Some("session-token-iat-before-client-uat")
+    );
+    assert!(!r.body.contains("pro:false"), "the page never left");
     // Its RSC and page data requests are refused too (JSON).
     for (target, headers) in [
         (
@@ -311,4 +381,10 @@ fn nextjs_pages_behind_portier_behave_like_clerks_middleware() {
         .to_owned();
     let r = get(at, &asset, &[]);
     assert_eq!(r.status, 200, "{asset}");
+    record_timing(&format!(
+        "nextjs e2e: next start + portier ready in {:.2}s, requests {:.2}s, total {:.2}s",
+        setup.as_secs_f64(),
+        (started.elapsed() - setup).as_secs_f64(),
+        started.elapsed().as_secs_f64()
+    ));
 }

@@ -167,8 +167,7 @@ fn sighup_and_config_changes_reload_and_report_restarts() {
     .expect("write");
     let err = runtime()
         .block_on(w.portier.gateway.reload())
-        .err()
-        .expect("a route to an upstream that is not running is refused");
+        .expect_err("a route to an upstream that is not running is refused");
     assert!(err.to_string().contains("extra"), "{err}");
     assert_eq!(w.portier.gateway.live().generation, before);
     let r = get(w.portier.addr, "/extra", &[]);
