@@ -10,14 +10,14 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 
 use crate::admission::upstream::prepare_upstream_headers;
-use crate::admission::{authenticate, pages};
+use crate::admission::{self, authenticate, pages};
 use crate::auth::{Identity, Verifier};
 use crate::config::Credentials;
 use crate::error::Reason;
 use crate::headers::HeaderGuard;
 use crate::path::canonicalize;
 use crate::policy::{
-    explain, object_key, Authn, Decision, PolicySet, RequestFacts, RouteKind, Step,
+    evaluate, object_key, Authn, Decision, PolicySet, RequestFacts, RouteKind, Step,
 };
 
 /// Who the request is from.
@@ -77,6 +77,8 @@ pub struct ExplainContext<'a, F: Fn(&str) -> Credentials> {
     pub credentials_of: F,
     /// `[limits] max_body_bytes`.
     pub max_body_bytes: u64,
+    /// `[limits] max_header_bytes`.
+    pub max_header_bytes: usize,
     /// `[assertion]`, when configured: the claims an asserted upstream would get are shown.
     pub assertion: Option<&'a crate::config::AssertionConfig>,
     /// `[pages]`: where refused navigations on page routes are redirected.
@@ -93,6 +95,7 @@ pub async fn explain_request<F: Fn(&str) -> Credentials>(
         guard,
         credentials_of,
         max_body_bytes,
+        max_header_bytes,
         assertion,
         pages: pages_config,
     } = cx;
@@ -128,19 +131,38 @@ pub async fn explain_request<F: Fn(&str) -> Credentials>(
         assertion: None,
         redirect: None,
     };
-    let canonical = match canonicalize(&raw_path) {
-        Ok(c) => c,
-        Err(e) => {
-            report.steps.push(Step::new(
-                format!("canonical path: {e}"),
-                false,
-                Some(Reason::BadPath),
-            ));
-            report.status = Reason::BadPath.status();
-            report.reason = Some(Reason::BadPath.code());
+    // The steps before authentication, as the proxy takes them.
+    let mut steps: Vec<Step> = Vec::new();
+    let front = admission::front(
+        admission::FrontConfig {
+            policies,
+            max_header_bytes,
+            max_body_bytes,
+            jwks_path: assertion.and_then(|a| a.public_jwks_path.as_deref()),
+        },
+        method,
+        &req.uri,
+        &req.headers,
+        &mut steps,
+    );
+    let routed = match front {
+        Ok(admission::Front::Routed(r)) => r,
+        Ok(admission::Front::Jwks) => {
+            report.canonical_path = canonicalize(&raw_path).ok();
+            report.steps = steps;
+            report.decision = "allow";
+            report.status = 200;
+            return Ok(report);
+        }
+        Err(early) => {
+            report.canonical_path = canonicalize(&raw_path).ok();
+            report.steps = steps;
+            report.status = early.reason.status();
+            report.reason = Some(early.reason.code());
             return Ok(report);
         }
     };
+    let canonical = routed.canonical.clone();
     report.canonical_path = Some(canonical.clone());
     let authn = match auth {
         ExplainAuth::FromRequest => authenticate(verifier, &req.headers).await,
@@ -160,13 +182,6 @@ pub async fn explain_request<F: Fn(&str) -> Credentials>(
         Authn::SignedIn(id) => Some(id.user_id.clone()),
         Authn::SignedOut { .. } => None,
     };
-    // A Pages Router data request is decided by the page Next.js renders, as the proxy does.
-    let data = pages::data_request(&canonical);
-    let data_page = match &data {
-        Some(pages::DataRequest::Page(p)) => Some(p.clone()),
-        _ => None,
-    };
-    let decided = data_page.as_deref().unwrap_or(&canonical);
     let navigation = pages::is_navigation(&req.method, &req.headers);
     let settings = verifier.settings();
     let instance = pages::Instance::new(
@@ -174,15 +189,12 @@ pub async fn explain_request<F: Fn(&str) -> Credentials>(
         pages_config,
         &settings.issuer,
     );
-    let is_page_route = |path: &str| {
-        policies
-            .lookup(method, path)
-            .is_ok_and(|m| m.route.is_page())
-    };
+    let route_def = routed.m.route;
     let facts = RequestFacts {
         method,
         navigation,
-        handshake: is_page_route(decided)
+        handshake: route_def
+            .is_page()
             .then(|| {
                 pages::clerk_would_handshake(
                     &req.method,
@@ -195,40 +207,49 @@ pub async fn explain_request<F: Fn(&str) -> Credentials>(
             })
             .flatten(),
     };
-    let mut ex = explain(policies, decided, &facts, &authn);
-    match (&data, &data_page) {
-        (Some(pages::DataRequest::Unclear), _) => {
-            ex.steps.insert(
-                0,
-                Step::new(
-                    "Pages Router data request with an interception-route marker: refused",
-                    false,
-                    Some(Reason::NoRoute),
-                ),
-            );
-            ex.decision = Decision::Deny(Reason::NoRoute);
-            ex.route = None;
-            ex.route_index = None;
+    let mut decision = evaluate(&routed.m, &routed.decided, &facts, &authn, &mut steps);
+    if let Decision::Allow {
+        signed_out_page, ..
+    } = decision
+    {
+        if let Err(reason) =
+            admission::upgrade(route_def, &req.headers, signed_out_page, &mut steps)
+        {
+            decision = Decision::Deny(reason);
         }
-        (_, Some(page)) => {
-            let is_page = ex
-                .route_index
-                .and_then(|i| policies.routes.get(i))
-                .is_some_and(|r| r.is_page());
-            ex.steps.insert(
-                0,
-                Step::new(
-                    format!("Pages Router data request: decided by the page {page}"),
-                    is_page,
-                    (!is_page).then_some(Reason::NoRoute),
-                ),
-            );
-            if !is_page {
-                ex.decision = Decision::Deny(Reason::NoRoute);
-            }
-        }
-        _ => {}
     }
+    if let (Decision::Allow { .. }, Some(spec)) = (&decision, &route_def.rate_limit) {
+        steps.push(Step::new(
+            format!("rate limit {spec}: counted by the running proxy, not here"),
+            true,
+            None,
+        ));
+    }
+    if let (Decision::Allow { .. }, RouteKind::Webhook { webhook }) = (&decision, &route_def.kind) {
+        steps.push(Step::new(
+            format!("webhook signature ([webhooks.{webhook}]): checked on the delivery, not here"),
+            true,
+            None,
+        ));
+    }
+    let params = route_def
+        .params
+        .iter()
+        .zip(&routed.m.params)
+        .map(|(n, &(s, e))| {
+            (
+                n.clone(),
+                routed.decided.get(s..e).unwrap_or("").to_string(),
+            )
+        })
+        .collect();
+    let mut ex = crate::policy::Explanation {
+        route: Some(route_def.name.clone()),
+        route_index: Some(routed.m.index),
+        params,
+        steps,
+        decision,
+    };
     report.params = ex.params.clone();
     report.route = ex.route.clone();
     let route = ex.route_index.and_then(|i| policies.routes.get(i));

@@ -407,6 +407,7 @@ fn explain(
                 .map_or(Credentials::Strip, |u| u.credentials)
         },
         max_body_bytes: cfg.limits.max_body_bytes,
+        max_header_bytes: cfg.limits.max_header_bytes,
         assertion: cfg.assertion.as_ref(),
         pages: &cfg.pages,
     };

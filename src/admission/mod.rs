@@ -19,7 +19,197 @@ use http::HeaderMap;
 use crate::auth::{extract_token, Identity, Verifier};
 use crate::config::Cidr;
 use crate::error::Reason;
-use crate::policy::{Authn, Route};
+use crate::policy::{Authn, PolicySet, Route, RouteKind, RouteMatch, Step, Trace};
+
+/// A refusal decided before authentication; `allow` is the `Allow` header of a 405.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Early {
+    pub reason: Reason,
+    pub allow: Option<String>,
+}
+
+impl From<Reason> for Early {
+    fn from(reason: Reason) -> Early {
+        Early {
+            reason,
+            allow: None,
+        }
+    }
+}
+
+/// What the steps before authentication found.
+pub enum Front<'p> {
+    /// Portier answers itself: the assertion keys at `[assertion] public_jwks_path`.
+    Jwks,
+    /// A route decides the request.
+    Routed(Routed<'p>),
+}
+
+/// A request matched to its route.
+pub struct Routed<'p> {
+    /// The canonical path: what is matched, logged and forwarded.
+    pub canonical: String,
+    /// The path the route was looked up with: the page a Pages Router data request belongs
+    /// to, otherwise the canonical path.
+    pub decided: String,
+    pub m: RouteMatch<'p>,
+    /// The body limit of the route.
+    pub body_limit: u64,
+}
+
+/// The settings [`front`] decides with.
+#[derive(Clone, Copy)]
+pub struct FrontConfig<'a> {
+    pub policies: &'a PolicySet,
+    pub max_header_bytes: usize,
+    pub max_body_bytes: u64,
+    /// `[assertion] public_jwks_path`, when set.
+    pub jwks_path: Option<&'a str>,
+}
+
+/// The steps before authentication, in their fixed order, for the proxy and `portier explain`
+/// alike: the size of the head, the canonical path (ambiguous ones refused), Portier's own
+/// JWKS path, a Pages Router data request mapped to its page (never decided by an asset
+/// route), the route (405 with `Allow` when only the method is wrong), and an announced body
+/// over the route's limit (object and file API routes size per kind, once the key is known).
+pub fn front<'p>(
+    cfg: FrontConfig<'p>,
+    method: &str,
+    uri: &http::Uri,
+    headers: &HeaderMap,
+    trace: &mut impl Trace,
+) -> Result<Front<'p>, Early> {
+    let target = uri.path_and_query().map_or("", |pq| pq.as_str());
+    let head = header_bytes(headers, target);
+    if head > cfg.max_header_bytes {
+        trace.step(|| {
+            Step::new(
+                format!("request head: {head} bytes, over {}", cfg.max_header_bytes),
+                false,
+                Some(Reason::HeadersTooLarge),
+            )
+        });
+        return Err(Reason::HeadersTooLarge.into());
+    }
+    let canonical = match crate::path::canonicalize(uri.path()) {
+        Ok(c) => c,
+        Err(e) => {
+            log::info!("bad path refused: {e}");
+            trace.step(|| Step::new(format!("canonical path: {e}"), false, Some(Reason::BadPath)));
+            return Err(Reason::BadPath.into());
+        }
+    };
+    trace.step(|| Step::new(format!("canonical path {canonical}"), true, None));
+    if cfg.jwks_path == Some(canonical.as_str()) && matches!(method, "GET" | "HEAD") {
+        trace.step(|| Step::new("Portier's assertion keys (public_jwks_path)", true, None));
+        return Ok(Front::Jwks);
+    }
+    let data_page = match pages::data_request(&canonical) {
+        None => None,
+        Some(pages::DataRequest::Page(p)) => Some(p),
+        Some(pages::DataRequest::Unclear) => {
+            trace.step(|| {
+                Step::new(
+                    "Pages Router data request with an interception-route marker: refused",
+                    false,
+                    Some(Reason::NoRoute),
+                )
+            });
+            return Err(Reason::NoRoute.into());
+        }
+    };
+    let decided = data_page.clone().unwrap_or_else(|| canonical.clone());
+    let m = match cfg.policies.lookup(method, &decided) {
+        Ok(m) => m,
+        Err(reason) => {
+            trace.step(|| Step::new(format!("route for {method} {decided}"), false, Some(reason)));
+            let allow = (reason == Reason::MethodNotAllowed)
+                .then(|| cfg.policies.allowed_methods(&decided).join(", "));
+            return Err(Early { reason, allow });
+        }
+    };
+    if let Some(page) = &data_page {
+        let is_page = m.route.is_page();
+        trace.step(|| {
+            Step::new(
+                format!("Pages Router data request: decided by the page {page}"),
+                is_page,
+                (!is_page).then_some(Reason::NoRoute),
+            )
+        });
+        if !is_page {
+            return Err(Reason::NoRoute.into());
+        }
+    }
+    let route = m.route;
+    trace.step(|| {
+        Step::new(
+            format!(
+                "route {} ({}:{})",
+                route.name,
+                route.file.display(),
+                route.line
+            ),
+            true,
+            None,
+        )
+    });
+    let limit = body_limit(route, cfg.max_body_bytes);
+    if !matches!(route.kind, RouteKind::S3Object(_) | RouteKind::S3Api { .. }) {
+        if let Some(n) = content_length(headers) {
+            let fits = n <= limit;
+            trace.step(|| {
+                Step::new(
+                    format!("announced body: {n} bytes (limit {limit})"),
+                    fits,
+                    Some(Reason::BodyTooLarge),
+                )
+            });
+            if !fits {
+                return Err(Reason::BodyTooLarge.into());
+            }
+        }
+    }
+    Ok(Front::Routed(Routed {
+        canonical,
+        decided,
+        m,
+        body_limit: limit,
+    }))
+}
+
+/// A protocol upgrade, decided after the policy: `Ok(true)` for an upgrade the route accepts
+/// (a WebSocket on a `websocket = true` route), `Ok(false)` for no upgrade. An upgrade never
+/// rides a signed-out page pass-through (`signed_out_page`, with the reason the request would
+/// otherwise have had): after a 101 no answer is left to check.
+pub fn upgrade(
+    route: &Route,
+    headers: &HeaderMap,
+    signed_out_page: Option<Reason>,
+    trace: &mut impl Trace,
+) -> Result<bool, Reason> {
+    if !is_upgrade(headers) {
+        return Ok(false);
+    }
+    let refused = match signed_out_page {
+        Some(reason) => Some(reason),
+        None if !route.allows_upgrade() || !is_websocket_upgrade(headers) => {
+            Some(Reason::UpgradeNotAllowed)
+        }
+        None => None,
+    };
+    trace.step(|| {
+        Step::new(
+            "protocol upgrade (WebSocket, on a route that allows it, never signed out)",
+            refused.is_none(),
+            refused,
+        )
+    });
+    match refused {
+        Some(reason) => Err(reason),
+        None => Ok(true),
+    }
+}
 
 /// Authenticates a request from its headers: the identity, or why there is none.
 pub async fn authenticate(verifier: &Verifier, headers: &HeaderMap) -> Authn {

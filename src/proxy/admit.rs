@@ -12,8 +12,8 @@ use super::body::{continue_if_expected, read_bounded, sniff};
 use super::ctx::{Ctx, PageCheck, S3Call};
 use super::Portier;
 use crate::admission::{
-    self, authenticate, body_limit, client_ip, content_length, needs_authentication, pages,
-    rate_key, s3::S3Op,
+    self, authenticate, client_ip, content_length, needs_authentication, pages, rate_key, s3::S3Op,
+    Front, FrontConfig, Routed,
 };
 use crate::auth::verify::unix_now;
 use crate::error::Reason;
@@ -91,63 +91,54 @@ impl Portier {
         ctx.live = Some(live.clone());
         let req = session.req_header();
         let cfg = &live.config;
-        let target = req.uri.path_and_query().map_or("", |pq| pq.as_str());
-        if admission::header_bytes(&req.headers, target) > cfg.limits.max_header_bytes {
-            return Ok(Err(Reason::HeadersTooLarge.into()));
-        }
-        let canonical = match canonicalize(req.uri.path()) {
-            Ok(p) => p,
-            Err(e) => {
-                log::info!("bad path refused: {e}");
-                return Ok(Err(Reason::BadPath.into()));
-            }
-        };
-        ctx.path = Some(canonical.clone());
-        let policies = &live.policies;
-        let method = req.method.as_str();
-        if let Some(signer) = &live.assertion {
-            if signer.config.public_jwks_path.as_deref() == Some(canonical.as_str())
-                && matches!(method, "GET" | "HEAD")
-            {
+        let front = admission::front(
+            FrontConfig {
+                policies: &live.policies,
+                max_header_bytes: cfg.limits.max_header_bytes,
+                max_body_bytes: cfg.limits.max_body_bytes,
+                jwks_path: live
+                    .assertion
+                    .as_ref()
+                    .and_then(|a| a.config.public_jwks_path.as_deref()),
+            },
+            req.method.as_str(),
+            &req.uri,
+            &req.headers,
+            &mut NoTrace,
+        );
+        let routed = match front {
+            Ok(Front::Routed(r)) => r,
+            Ok(Front::Jwks) => {
+                let Some(signer) = &live.assertion else {
+                    return Ok(Err(Reason::Internal.into()));
+                };
                 return Ok(Ok(Admitted::Jwks {
                     body: signer.jwks_json().to_owned(),
                     cache_control: signer.jwks_cache_control(),
                 }));
             }
-        }
-        // A Pages Router data request is decided by the route of the page Next.js renders
-        // (never an asset route); it is forwarded as it came.
-        let data_page = match pages::data_request(&canonical) {
-            None => None,
-            Some(pages::DataRequest::Page(p)) => Some(p),
-            Some(pages::DataRequest::Unclear) => return Ok(Err(Reason::NoRoute.into())),
-        };
-        let decided_path = data_page.as_deref().unwrap_or(&canonical);
-        let m = match policies.lookup(method, decided_path) {
-            Ok(m) if data_page.is_some() && !m.route.is_page() => {
-                return Ok(Err(Reason::NoRoute.into()))
-            }
-            Ok(m) => m,
-            Err(reason) => {
-                let mut refusal = Refusal::from(reason);
-                if reason == Reason::MethodNotAllowed {
-                    refusal
-                        .headers
-                        .push(("allow", policies.allowed_methods(decided_path).join(", ")));
+            Err(early) => {
+                if early.reason != Reason::HeadersTooLarge && early.reason != Reason::BadPath {
+                    ctx.path = canonicalize(req.uri.path()).ok();
+                }
+                let mut refusal = Refusal::from(early.reason);
+                if let Some(allow) = early.allow {
+                    refusal.headers.push(("allow", allow));
                 }
                 return Ok(Err(refusal));
             }
         };
+        let Routed {
+            canonical,
+            decided: decided_path,
+            m,
+            body_limit: limit,
+        } = routed;
+        ctx.path = Some(canonical.clone());
+        let method = req.method.as_str();
         ctx.route = Some(m.index);
         let route = m.route;
-        let limit = body_limit(route, cfg.limits.max_body_bytes);
         ctx.body_limit = Some(limit);
-        // Object and file API routes size uploads per kind folder, once the key is known.
-        if !matches!(route.kind, RouteKind::S3Object(_) | RouteKind::S3Api { .. })
-            && content_length(&req.headers).is_some_and(|n| n > limit)
-        {
-            return Ok(Err(Reason::BodyTooLarge.into()));
-        }
         let authn = if needs_authentication(route, &req.headers) {
             authenticate(&live.verifier, &req.headers).await
         } else {
@@ -182,7 +173,7 @@ impl Portier {
             navigation,
             handshake,
         };
-        match evaluate(&m, decided_path, &facts, &authn, &mut NoTrace) {
+        match evaluate(&m, &decided_path, &facts, &authn, &mut NoTrace) {
             Decision::Deny(reason) => {
                 if let Authn::SignedIn(id) = authn {
                     ctx.identity = Some(id);
@@ -199,18 +190,18 @@ impl Portier {
                 shadow,
             } => {
                 ctx.identity = identity;
+                if let Err(reason) =
+                    admission::upgrade(route, &req.headers, signed_out_page, &mut NoTrace)
+                {
+                    return Ok(Err(reason.into()));
+                }
                 if let Some(reason) = signed_out_page {
-                    // An upgrade never rides a signed-out pass-through: after a 101 no answer
-                    // is left to check.
-                    if admission::is_upgrade(&req.headers) {
-                        return Ok(Err(reason.into()));
-                    }
                     // The answer is checked against this route before it goes back.
                     ctx.page_check = Some(PageCheck {
                         route: m.index,
                         reason,
                         navigation,
-                        path: decided_path.to_owned(),
+                        path: decided_path.clone(),
                         target: back(),
                     });
                 }
@@ -221,12 +212,8 @@ impl Portier {
             return Ok(Err(refusal));
         }
         if admission::is_upgrade(&session.req_header().headers) {
-            if !route.allows_upgrade()
-                || !admission::is_websocket_upgrade(&session.req_header().headers)
-            {
-                return Ok(Err(Reason::UpgradeNotAllowed.into()));
-            }
-            // After the 101 the bytes are the tunnel's, not a body to limit.
+            // Admitted by `admission::upgrade` above. After the 101 the bytes are the
+            // tunnel's, not a body to limit.
             ctx.body_limit = None;
             self.gw
                 .metrics
