@@ -34,6 +34,18 @@ token = jwt(
 auth = (b"AWS4-HMAC-SHA256 Credential=AKIAFUZZFUZZFUZZ0001/20270115/us-east-1/s3/aws4_request, "
         b"SignedHeaders=host;x-amz-content-sha256;x-amz-date, Signature=" + b"ab" * 32)
 
+def chunked(payload, chunk=7):
+    import struct, zlib
+    out = b""
+    for i in range(0, len(payload), chunk):
+        part = payload[i:i + chunk]
+        out += b"%x\r\n" % len(part) + part + b"\r\n"
+    crc = base64.b64encode(struct.pack(">I", zlib.crc32(payload) & 0xFFFFFFFF))
+    return out + b"0\r\nx-amz-checksum-crc32:" + crc + b"\r\n\r\n"
+
+
+chunked_body = chunked(b"x" * 41)
+
 SEEDS = {
     "path": [
         b"/api/books/1", b"/a/%2e%2e/b", b"/a/..;/b", b"//x//y/", b"/%41%42/c%20d",
@@ -87,6 +99,9 @@ SEEDS = {
         SEP.join([b"POST", b"/media", b"delete", auth, b"20270115T080000Z", b"e3b0" * 16]),
         SEP.join([b"PUT", b"/media/user_a/b.png", b"partNumber=1&uploadId=u", auth, b"x",
                   b"STREAMING-UNSIGNED-PAYLOAD-TRAILER"]),
+        # An aws-chunked body with its CRC32 trailer (fields 7 and 8: body, cut points).
+        SEP.join([b"PUT", b"/media/user_a/c.png", b"prefix=a%2Bb+c&list-type=2", b"", b"", b"",
+                  chunked_body, b"41:\x03\x07\x01\x20"]),
     ],
     "pages": [
         SEP.join([b"/_next/data/b1/dashboard.json", b"/dashboard?x=1&y=%2F", b"pro,business",
