@@ -86,24 +86,6 @@ pub enum SigError {
     Algorithm,
 }
 
-impl SigError {
-    /// S3's error code and HTTP status for this refusal.
-    pub fn s3_code(&self) -> (&'static str, u16) {
-        match self {
-            SigError::Missing => ("AccessDenied", 403),
-            SigError::Malformed(_) | SigError::UnsignedHeader(_) => {
-                ("AuthorizationHeaderMalformed", 400)
-            }
-            SigError::Scope(_) => ("AuthorizationHeaderMalformed", 400),
-            SigError::Algorithm => ("InvalidRequest", 400),
-            SigError::UnknownKey => ("InvalidAccessKeyId", 403),
-            SigError::Mismatch => ("SignatureDoesNotMatch", 403),
-            SigError::Skewed => ("RequestTimeTooSkewed", 403),
-            SigError::Expired => ("AccessDenied", 403),
-        }
-    }
-}
-
 /// Derived signing keys, one per (secret, date, region): five HMACs saved per request.
 #[derive(Default)]
 pub struct KeyCache {

@@ -388,12 +388,6 @@ impl RedisStore {
             prefix: Self::DEFAULT_PREFIX.to_string(),
         })
     }
-
-    /// Namespaces the counters, e.g. per environment sharing one Redis.
-    pub fn with_prefix(mut self, prefix: impl Into<String>) -> Self {
-        self.prefix = prefix.into();
-        self
-    }
 }
 
 #[async_trait]

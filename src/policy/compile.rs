@@ -191,15 +191,6 @@ pub enum FileApi {
 }
 
 impl FileApi {
-    /// The object route method each key is decided with.
-    pub fn key_method(self) -> &'static str {
-        match self {
-            FileApi::Upload => "PUT",
-            FileApi::Delete => "DELETE",
-            FileApi::List => "GET",
-        }
-    }
-
     /// The operation name for logs and metrics.
     pub fn operation(self) -> &'static str {
         match self {

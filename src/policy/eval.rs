@@ -396,7 +396,8 @@ fn object_rules(
     None
 }
 
-/// Lookup and evaluation in one call: what the proxy and `explain` both run.
+/// Lookup and evaluation in one call, for `portier test` (the proxy and `explain` take the
+/// admission steps of [`crate::admission::front`] first).
 pub fn decide(
     set: &PolicySet,
     path: &str,
