@@ -20,6 +20,7 @@ pub mod head_deadline;
 pub mod headers;
 pub mod logging;
 pub mod metrics;
+pub mod nextjs;
 pub mod path;
 pub mod policy;
 pub mod proxy;

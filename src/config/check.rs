@@ -158,7 +158,7 @@ impl Checker<'_> {
             let v = v?;
             let at = v.span().start;
             let v = v.into_inner();
-            if let Err(e) = crate::admission::pages::check_redirect_target(&v) {
+            if let Err(e) = crate::nextjs::check_redirect_target(&v) {
                 self.err(at, key, e);
                 return None;
             }

@@ -650,7 +650,7 @@ impl Compiler<'_> {
                 self.err(diags, at, key, "only used with page = true");
                 return None;
             }
-            if let Err(e) = crate::admission::pages::check_redirect_target(&v) {
+            if let Err(e) = crate::nextjs::check_redirect_target(&v) {
                 self.err(diags, at, key, format!("{v:?}: {e}"));
                 return None;
             }

@@ -23,10 +23,10 @@ use serde_json::{Map, Value};
 use toml::Spanned;
 
 use super::{decide, Authn, Decision, Handshake, PolicySet, RequestFacts};
-use crate::admission::pages::{self, DataRequest};
 use crate::auth::{Identity, TokenSource};
 use crate::diag::{from_toml_error, Diagnostic, Diagnostics};
 use crate::error::Reason;
+use crate::nextjs::{self, DataRequest};
 use crate::path::canonicalize;
 
 #[derive(Debug, Deserialize)]
@@ -195,7 +195,7 @@ pub fn run(set: &PolicySet, sources: &[(PathBuf, String)]) -> Result<Vec<CaseRes
                     };
                     // As the proxy decides: page data by the page Next.js renders, which
                     // must be a page route.
-                    match pages::data_request(&p) {
+                    match nextjs::data_request(&p) {
                         None => decide(set, &p, &facts, &authn),
                         Some(DataRequest::Unclear) => (None, Decision::Deny(Reason::NoRoute)),
                         Some(DataRequest::Page(page)) => match decide(set, &page, &facts, &authn) {

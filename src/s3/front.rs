@@ -70,8 +70,6 @@ impl S3Backend {
             std::net::ToSocketAddrs::to_socket_addrs(&(connect_host.as_str(), port))
                 .map_err(|e| FrontError::Resolve(connect_host.clone(), e.to_string()))?
                 .collect();
-        // Spool files a crashed process left behind (a running upload removes its own).
-        crate::files::sweep_spool(&config.spool_dir, crate::files::STALE_SPOOL);
         Ok(S3Backend {
             config: config.clone(),
             creds,

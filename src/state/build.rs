@@ -224,7 +224,7 @@ impl Live {
             (Some(p), Some(o)) if o.webhooks == *webhooks => p.webhooks.clone(),
             _ => Arc::new(build_webhooks(&cfg)?),
         };
-        let s3 = match (prev, old, s3) {
+        let s3_backend = match (prev, old, s3) {
             (_, _, None) => None,
             (Some(p), Some(o), Some(c)) if o.s3.as_ref() == Some(c) && p.s3.is_some() => {
                 p.s3.clone()
@@ -239,6 +239,15 @@ impl Live {
             },
             (_, _, Some(c)) => Some(Arc::new(S3Backend::new(c)?)),
         };
+        if let (Some(c), Some(new)) = (s3, &s3_backend) {
+            if prev
+                .and_then(|p| p.s3.as_ref())
+                .is_none_or(|p| !Arc::ptr_eq(p, new))
+            {
+                // Spool files a crashed process left behind (a running upload removes its own).
+                crate::files::sweep_spool(&c.spool_dir, crate::files::STALE_SPOOL);
+            }
+        }
         // Services and their rules apply live; the listener needs a restart (above).
         let egress = match (prev, old, egress) {
             (_, _, None) => None,
@@ -262,7 +271,7 @@ impl Live {
             verifier,
             guard,
             webhooks,
-            s3,
+            s3: s3_backend,
             egress,
             assertion,
             running_upstreams,

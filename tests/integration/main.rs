@@ -20,3 +20,4 @@ mod proxying;
 mod s3;
 mod security;
 mod shipped;
+mod structure;
