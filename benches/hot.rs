@@ -1,12 +1,13 @@
 //! Micro-benchmarks of the per-request hot path: token verification (verified-token cache hit,
 //! and cache miss with the RS256 work), path canonicalisation, policy lookup + evaluation at
-//! 10 / 1,000 / 10,000 routes and at growing path depth, webhook HMAC, SigV4 signing and
-//! presigning, the identity assertion (cached and signed).
+//! 10 / 1,000 / 10,000 routes and at growing path depth, the upstream header rewrite, webhook
+//! HMAC, SigV4 signing and presigning, the identity assertion (cached and signed).
 //!
 //! `cargo bench --bench hot` runs them (about a minute and a half); `cargo bench --bench hot --
 //! --test` runs each once as a smoke test. After each group the allocations one call makes are
 //! printed (`allocs/op`), counted by the wrapper allocator below, outside criterion's timing.
-//! Goals (issue 6): cache-hit verify <= 1 us, policy at 10,000 routes <= 2 us, SigV4 <= 5 us.
+//! Goals: cache-hit verify <= 1 us, policy at 10,000 routes <= 2 us (issue 6); SigV4 header
+//! signing <= 2 us and presign <= 3 us (issue 17).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 // The allocation counter wraps the system allocator: the one unsafe code in the repo.
 #![allow(unsafe_code)]
@@ -284,6 +285,66 @@ fn bench_policy(c: &mut Criterion) {
     g.finish();
 }
 
+// === upstream headers ===
+
+/// The header rewrite of an allowed request (`prepare_upstream_headers`): spoof and credential
+/// stripping, forwarding headers, identity headers, on a request shaped like Pingora's parse
+/// of a browser's (header case kept), cloned each time as the proxy clones it.
+fn bench_upstream_headers(c: &mut Criterion) {
+    use pingora::http::RequestHeader;
+    use portier::admission::upstream::{prepare_upstream_headers, Forwarding};
+    use portier::config::{Credentials as UpstreamCredentials, IdentityHeaders};
+    use portier::headers::HeaderGuard;
+    let iss = issuer();
+    let mut claims = iss.claims("user_2bench0000000000000000000", AZP, 3600);
+    claims["pla"] = json!("u:pro");
+    claims["fea"] = json!("u:dashboard");
+    let Value::Object(map) = claims else {
+        unreachable!("claims are an object")
+    };
+    let id = Identity::from_claims(map).expect("identity");
+    let guard = HeaderGuard::new(&IdentityHeaders::default());
+    let mut req = RequestHeader::build("GET", b"/api/items/42", None).expect("request");
+    for (k, v) in [
+        ("Host", "app.example.com"),
+        (
+            "User-Agent",
+            "Mozilla/5.0 (X11; Linux x86_64) Firefox/133.0",
+        ),
+        ("Accept", "application/json"),
+        ("Accept-Language", "en-US,en;q=0.5"),
+        ("Authorization", "Bearer eyJhbGciOiJSUzI1NiJ9.e30.c2ln"),
+        (
+            "Cookie",
+            "theme=dark; __session=eyJ; __client_uat=1700000000",
+        ),
+        ("Referer", "https://app.example.com/dashboard"),
+    ] {
+        req.append_header(k.to_string(), v).expect("header");
+    }
+    let peer: std::net::IpAddr = "203.0.113.7".parse().expect("ip");
+    let fwd = Forwarding {
+        peer: Some(peer),
+        client: Some(peer),
+        trusted: &[],
+    };
+    let run = |req: &RequestHeader| {
+        let mut up = req.clone();
+        prepare_upstream_headers(&mut up, &guard, UpstreamCredentials::Strip, Some(&id), fwd)
+            .expect("headers");
+        up
+    };
+    c.bench_function("upstream_headers_browser_request", |b| {
+        b.iter(|| run(black_box(&req)))
+    });
+    allocs_per_op("upstream_headers_browser_request (incl. the clone)", || {
+        let _ = run(&req);
+    });
+    allocs_per_op("request header clone alone", || {
+        let _ = req.clone();
+    });
+}
+
 // === webhook HMAC ===
 
 fn bench_webhook(c: &mut Criterion) {
@@ -469,6 +530,7 @@ fn bench_assertion(c: &mut Criterion) {
 criterion_group! {
     name = hot;
     config = config();
-    targets = bench_verify, bench_path, bench_policy, bench_webhook, bench_sigv4, bench_assertion
+    targets = bench_verify, bench_path, bench_policy, bench_upstream_headers, bench_webhook,
+        bench_sigv4, bench_assertion
 }
 criterion_main!(hot);

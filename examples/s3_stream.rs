@@ -1,11 +1,19 @@
 //! Streaming memory bench for the S3 front door and the egress listener: a 1 GiB PUT and GET
 //! generated on the fly, through Portier (`portier run`, release build, as a child process)
-//! and directly to the store, against the embedded signature-checking S3 store; then boto3's
+//! and directly to the store, against a signature-checking S3 store; then boto3's
 //! `upload_file`/`download_file` of a 1 GiB file (multipart, 8 MiB parts, 10 threads) through
 //! the egress listener and directly (`benches/egress_upload.py`, the `.venv` python). Prints
 //! throughput and Portier's peak RSS (VmHWM). Everything on 127.0.0.1; objects are deleted.
 //!
-//! cargo build --release --bin portier --example s3_stream && target/release/examples/s3_stream [MiB]
+//! cargo build --release --bin portier --example s3_stream && target/release/examples/s3_stream [MiB] [--store fs|shm|mem] [--no-egress] [--runs N]
+//!
+//! `--store` picks the store: `fs` (default) the embedded s3s-fs store in the temp directory;
+//! `shm` the same with its root in /dev/shm (tmpfs: no disk, but s3s-fs still reads through
+//! tokio's blocking pool in 4 KiB pieces); `mem` an in-memory s3s store
+//! (`common/mem_store.rs`: every signature still checked, objects served from memory in 1 MiB
+//! slices), so the store is not what limits the ratio. The egress part needs multipart
+//! uploads, which the in-memory store does not serve: it is skipped with `mem` (and with
+//! `--no-egress`). `--runs N` repeats the front-door PUT/GET pairs (Portier, then direct).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -18,22 +26,44 @@ use portier::dev::DevIssuer;
 use portier::s3::{self, Payload};
 use serde_json::json;
 
+#[path = "common/mem_store.rs"]
+mod mem_store;
+
 const CHUNK: usize = 256 * 1024;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let mib: u64 = std::env::args()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(1024);
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mib: u64 = args.first().and_then(|s| s.parse().ok()).unwrap_or(1024);
+    let flag = |name: &str| {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
+            .cloned()
+    };
+    let store_kind = flag("--store").unwrap_or_else(|| "fs".to_owned());
+    let runs: usize = flag("--runs").and_then(|r| r.parse().ok()).unwrap_or(1);
+    let egress_wanted = store_kind != "mem" && !args.iter().any(|a| a == "--no-egress");
     let total = mib * 1024 * 1024;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
         .build()?;
-    let dir = std::env::temp_dir().join(format!("portier-s3-stream-{}", std::process::id()));
+    let base = match store_kind.as_str() {
+        "fs" | "mem" => std::env::temp_dir(),
+        "shm" => std::path::PathBuf::from("/dev/shm"),
+        other => return Err(format!("--store {other}: use fs, shm or mem").into()),
+    };
+    let dir = base.join(format!("portier-s3-stream-{}", std::process::id()));
     std::fs::create_dir_all(dir.join("policies"))?;
     let (ak, sk) = s3::generate_keys();
-    let store = rt.block_on(s3::start(dir.join("store"), "bench", &ak, &sk))?;
+    let (store_addr, store_root, fs_store) = if store_kind == "mem" {
+        let addr = rt.block_on(mem_store::start("bench", &ak, &sk))?;
+        (addr, None, None)
+    } else {
+        let store = rt.block_on(s3::start(dir.join("store"), "bench", &ak, &sk))?;
+        (store.addr, Some(store.root.clone()), Some(store))
+    };
+    let store_endpoint = format!("http://{store_addr}");
     let issuer = Arc::new(DevIssuer::generate(
         "https://bench.portier.test",
         "ins_bench",
@@ -82,7 +112,7 @@ secret_env = "BENCH_EGRESS_SECRET"
 operations = ["*"]
 keys = ["user_*/**"]
 "#,
-            store = store.addr
+            store = store_addr
         ),
     )?;
     std::fs::write(
@@ -114,162 +144,176 @@ keys = ["user_*/**"]
     let auth = format!("Bearer {token}");
     let key = "user_bench/books/big.bin";
     let rss0 = vm_hwm(pid);
-
-    let t = Instant::now();
-    let st = put(
-        listen,
-        &format!("/files/{key}"),
-        &[("Authorization", auth.as_str()), ("Host", "portier")],
-        total,
-    )?;
-    let put_portier = t.elapsed();
-    assert_status(st, 200, "PUT via Portier")?;
-    let on_disk = std::fs::metadata(store.root.join("bench").join(key))?.len();
-    if on_disk != total {
-        return Err(format!("stored {on_disk} bytes, sent {total}").into());
-    }
-    let t = Instant::now();
-    let (st, got) = get(
-        listen,
-        &format!("/files/{key}"),
-        &[("Authorization", auth.as_str()), ("Host", "portier")],
-    )?;
-    let get_portier = t.elapsed();
-    assert_status(st, 200, "GET via Portier")?;
-    if got != total {
-        return Err(format!("read {got} bytes of {total}").into());
-    }
-    let rss1 = vm_hwm(pid);
+    let portier_headers = [("Authorization", auth.as_str()), ("Host", "portier")];
+    let portier_path = format!("/files/{key}");
 
     // The same transfers straight to the store, signed the way Portier signs them.
     let creds = s3::Credentials::new(ak.clone(), sk.clone(), None)?;
-    let target = s3::S3Target::new(
-        &store.endpoint(),
-        "us-east-1",
-        "bench",
-        s3::Addressing::Path,
-    )?;
+    let target = s3::S3Target::new(&store_endpoint, "us-east-1", "bench", s3::Addressing::Path)?;
     let uri = target.object_uri("user_bench/books/direct.bin")?;
     let path = uri
         .path_and_query()
         .map(|p| p.as_str().to_string())
         .unwrap_or_default();
-    let mut h = http::HeaderMap::new();
-    h.insert("content-length", total.to_string().parse()?);
-    let signed = s3::sign_headers(
-        &creds,
-        "us-east-1",
-        "PUT",
-        &uri,
-        &h,
-        Payload::Unsigned,
-        SystemTime::now(),
-    )?;
-    let hs: Vec<(&str, &str)> = signed
-        .iter()
-        .map(|(k, v)| (k.as_str(), v.as_str()))
-        .collect();
-    let t = Instant::now();
-    assert_status(put(store.addr, &path, &hs, total)?, 200, "PUT direct")?;
-    let put_direct = t.elapsed();
-    let signed = s3::sign_headers(
-        &creds,
-        "us-east-1",
-        "GET",
-        &uri,
-        &http::HeaderMap::new(),
-        Payload::Empty,
-        SystemTime::now(),
-    )?;
-    let hs: Vec<(&str, &str)> = signed
-        .iter()
-        .map(|(k, v)| (k.as_str(), v.as_str()))
-        .collect();
-    let t = Instant::now();
-    let (st, got) = get(store.addr, &path, &hs)?;
-    let get_direct = t.elapsed();
-    assert_status(st, 200, "GET direct")?;
-    if got != total {
-        return Err("direct GET short".into());
-    }
+    let direct_headers = |method: &str| -> Result<Vec<(String, String)>, s3::SignError> {
+        let mut h = http::HeaderMap::new();
+        let payload = if method == "PUT" {
+            h.insert("content-length", http::HeaderValue::from(total));
+            Payload::Unsigned
+        } else {
+            Payload::Empty
+        };
+        s3::sign_headers(
+            &creds,
+            "us-east-1",
+            method,
+            &uri,
+            &h,
+            payload,
+            SystemTime::now(),
+        )
+    };
 
+    let store_desc = match store_kind.as_str() {
+        "mem" => "in-memory s3s store (signatures checked)",
+        "shm" => "embedded s3s-fs store on /dev/shm",
+        _ => "embedded s3s-fs store (disk-backed)",
+    };
+    println!("S3 streaming, {mib} MiB object, {store_desc}, 127.0.0.1, 1 Portier thread");
+    println!("| run | PUT via Portier MiB/s | PUT direct MiB/s | PUT ratio | GET via Portier MiB/s | GET direct MiB/s | GET ratio | Portier CPU s/GiB PUT / GET |");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let tick = clock_tick();
+    let gib = total as f64 / (1u64 << 30) as f64;
     let mbps = |d: Duration| total as f64 / 1048576.0 / d.as_secs_f64();
-    println!("S3 streaming, {mib} MiB object, embedded s3s-fs store on 127.0.0.1 (disk-backed), 1 Portier thread");
-    println!("| transfer | via Portier MiB/s | direct MiB/s | ratio |");
-    println!("|---|---:|---:|---:|");
-    println!(
-        "| PUT | {:.0} | {:.0} | {:.2} |",
-        mbps(put_portier),
-        mbps(put_direct),
-        put_direct.as_secs_f64() / put_portier.as_secs_f64()
-    );
-    println!(
-        "| GET | {:.0} | {:.0} | {:.2} |",
-        mbps(get_portier),
-        mbps(get_direct),
-        get_direct.as_secs_f64() / get_portier.as_secs_f64()
-    );
+    for run in 1..=runs {
+        // Odd runs go through Portier first, even runs to the store first (cache, drift).
+        let mut times = [Duration::ZERO; 4];
+        let mut cpu = [0.0f64; 2];
+        for order in 0..2 {
+            let via_portier = (order == 0) == (run % 2 == 1);
+            if via_portier {
+                let t = Instant::now();
+                let c = cpu_ticks(pid);
+                let st = put(listen, &portier_path, &portier_headers, total)?;
+                times[0] = t.elapsed();
+                cpu[0] = (cpu_ticks(pid) - c) as f64 / tick / gib;
+                assert_status(st, 200, "PUT via Portier")?;
+                if let Some(root) = &store_root {
+                    let on_disk = std::fs::metadata(root.join("bench").join(key))?.len();
+                    if on_disk != total {
+                        return Err(format!("stored {on_disk} bytes, sent {total}").into());
+                    }
+                }
+                let t = Instant::now();
+                let c = cpu_ticks(pid);
+                let (st, got) = get(listen, &portier_path, &portier_headers)?;
+                times[2] = t.elapsed();
+                cpu[1] = (cpu_ticks(pid) - c) as f64 / tick / gib;
+                assert_status(st, 200, "GET via Portier")?;
+                if got != total {
+                    return Err(format!("read {got} bytes of {total} via Portier").into());
+                }
+            } else {
+                let signed = direct_headers("PUT")?;
+                let hs: Vec<(&str, &str)> = signed
+                    .iter()
+                    .map(|(k, v)| (k.as_str(), v.as_str()))
+                    .collect();
+                let t = Instant::now();
+                assert_status(put(store_addr, &path, &hs, total)?, 200, "PUT direct")?;
+                times[1] = t.elapsed();
+                let signed = direct_headers("GET")?;
+                let hs: Vec<(&str, &str)> = signed
+                    .iter()
+                    .map(|(k, v)| (k.as_str(), v.as_str()))
+                    .collect();
+                let t = Instant::now();
+                let (st, got) = get(store_addr, &path, &hs)?;
+                times[3] = t.elapsed();
+                assert_status(st, 200, "GET direct")?;
+                if got != total {
+                    return Err("direct GET short".into());
+                }
+            }
+        }
+        println!(
+            "| {run} | {:.0} | {:.0} | {:.2} | {:.0} | {:.0} | {:.2} | {:.2} / {:.2} |",
+            mbps(times[0]),
+            mbps(times[1]),
+            times[1].as_secs_f64() / times[0].as_secs_f64(),
+            mbps(times[2]),
+            mbps(times[3]),
+            times[3].as_secs_f64() / times[2].as_secs_f64(),
+            cpu[0],
+            cpu[1]
+        );
+    }
+    let rss1 = vm_hwm(pid);
     println!(
         "Portier peak RSS (VmHWM): {} MiB before the transfers, {} MiB after",
         rss0 / 1024,
         rss1 / 1024
     );
 
-    // boto3 through the egress listener (re-signed by Portier) and straight to the store.
-    let file = dir.join("upload.bin");
-    {
-        let mut f = std::io::BufWriter::new(std::fs::File::create(&file)?);
-        let chunk: Vec<u8> = (0..CHUNK).map(|i| (i * 7 % 253) as u8).collect();
-        let mut left = total;
-        while left > 0 {
-            let n = left.min(CHUNK as u64) as usize;
-            f.write_all(&chunk[..n])?;
-            left -= n as u64;
+    if egress_wanted {
+        // boto3 through the egress listener (re-signed by Portier) and straight to the store.
+        let file = dir.join("upload.bin");
+        {
+            let mut f = std::io::BufWriter::new(std::fs::File::create(&file)?);
+            let chunk: Vec<u8> = (0..CHUNK).map(|i| (i * 7 % 253) as u8).collect();
+            let mut left = total;
+            while left > 0 {
+                let n = left.min(CHUNK as u64) as usize;
+                f.write_all(&chunk[..n])?;
+                left -= n as u64;
+            }
+            f.flush()?;
         }
-        f.flush()?;
-    }
-    let via = boto3(
-        &format!("http://{egress}"),
-        "media",
-        EGRESS_KEY,
-        EGRESS_SECRET,
-        &file,
-        "user_bench/videos/egress.bin",
-    )?;
-    let direct = boto3(
-        &store.endpoint(),
-        "bench",
-        &ak,
-        &sk,
-        &file,
-        "user_bench/videos/direct.bin",
-    )?;
-    let rss2 = vm_hwm(pid);
-    println!();
-    println!(
-        "boto3 upload_file / download_file, {mib} MiB file (multipart, 8 MiB parts, 10 threads)"
-    );
-    println!("| transfer | via egress MiB/s | direct MiB/s | ratio |");
-    println!("|---|---:|---:|---:|");
-    for (what, v, d) in [
-        ("upload_file", via.0, direct.0),
-        ("download_file", via.1, direct.1),
-    ] {
+        let via = boto3(
+            &format!("http://{egress}"),
+            "media",
+            EGRESS_KEY,
+            EGRESS_SECRET,
+            &file,
+            "user_bench/videos/egress.bin",
+        )?;
+        let direct = boto3(
+            &store_endpoint,
+            "bench",
+            &ak,
+            &sk,
+            &file,
+            "user_bench/videos/direct.bin",
+        )?;
+        let rss2 = vm_hwm(pid);
+        println!();
         println!(
-            "| {what} | {:.0} | {:.0} | {:.2} |",
-            total as f64 / 1048576.0 / v,
-            total as f64 / 1048576.0 / d,
-            d / v
+            "boto3 upload_file / download_file, {mib} MiB file (multipart, 8 MiB parts, 10 threads)"
         );
+        println!("| transfer | via egress MiB/s | direct MiB/s | ratio |");
+        println!("|---|---:|---:|---:|");
+        for (what, v, d) in [
+            ("upload_file", via.0, direct.0),
+            ("download_file", via.1, direct.1),
+        ] {
+            println!(
+                "| {what} | {:.0} | {:.0} | {:.2} |",
+                total as f64 / 1048576.0 / v,
+                total as f64 / 1048576.0 / d,
+                d / v
+            );
+        }
+        println!(
+            "Portier peak RSS (VmHWM) after the egress transfers: {} MiB",
+            rss2 / 1024
+        );
+    } else {
+        println!("(egress part skipped: --no-egress, or the in-memory store, which has no multipart uploads)");
     }
-    println!(
-        "Portier peak RSS (VmHWM) after the egress transfers: {} MiB",
-        rss2 / 1024
-    );
 
     let _ = child.kill();
     let _ = child.wait();
-    store.stop();
+    drop(fs_store);
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
@@ -320,6 +364,32 @@ fn assert_status(got: u16, want: u16, what: &str) -> Result<(), Box<dyn std::err
     } else {
         Err(format!("{what}: HTTP {got}").into())
     }
+}
+
+/// User + system CPU time of a process, in clock ticks (`/proc/<pid>/stat` fields 14, 15).
+fn cpu_ticks(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            // The command name (field 2) may hold spaces: count from the closing parenthesis.
+            let rest = s.rsplit_once(')')?.1.to_owned();
+            let f: Vec<u64> = rest
+                .split_whitespace()
+                .map(|v| v.parse().unwrap_or(0))
+                .collect();
+            Some(f.get(11)? + f.get(12)?)
+        })
+        .unwrap_or(0)
+}
+
+/// Clock ticks per second (`getconf CLK_TCK`, 100 on Linux).
+fn clock_tick() -> f64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+        .unwrap_or(100.0)
 }
 
 /// Peak resident set of a process, in KiB.

@@ -95,16 +95,34 @@ impl DecisionLog {
         }
     }
 
+    /// The line is built whole in a per-thread buffer (reused: no allocation per request)
+    /// before it is written, so a record is never half written.
     pub fn write(&self, rec: &DecisionRecord<'_>) {
-        let Ok(mut line) = serde_json::to_vec(rec) else {
-            return;
-        };
-        line.push(b'\n');
-        if let Ok(mut out) = self.out.lock() {
-            if let Err(e) = out.write_all(&line) {
-                log::warn!("decision log write failed: {e}");
-            }
+        thread_local! {
+            static LINE: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
         }
+        LINE.with(|cell| {
+            let mut fresh = Vec::new();
+            let mut held = cell.try_borrow_mut();
+            let line = match held.as_deref_mut() {
+                Ok(buf) => buf,
+                Err(_) => &mut fresh,
+            };
+            line.clear();
+            if serde_json::to_writer(&mut *line, rec).is_err() {
+                return;
+            }
+            line.push(b'\n');
+            if let Ok(mut out) = self.out.lock() {
+                if let Err(e) = out.write_all(line) {
+                    log::warn!("decision log write failed: {e}");
+                }
+            }
+            // A rare huge line (a long path) does not stay allocated.
+            if line.capacity() > 16 * 1024 {
+                *line = Vec::new();
+            }
+        })
     }
 }
 
@@ -165,6 +183,61 @@ mod tests {
             t.starts_with("20") && t.ends_with('Z') && t.as_bytes()[10] == b'T',
             "{t}"
         );
+    }
+
+    /// A writer whose bytes the test can read back.
+    #[derive(Clone, Default)]
+    struct Shared(std::sync::Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Shared {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().expect("lock").extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn each_record_is_one_whole_json_line() {
+        let sink = Shared::default();
+        let log = DecisionLog {
+            mode: DecisionLogMode::All,
+            sample_rate: 1.0,
+            out: Mutex::new(Box::new(sink.clone())),
+        };
+        let long = format!("/api/{}", "x".repeat(20_000));
+        for path in ["/api/items/42", long.as_str(), "/b"] {
+            log.write(&DecisionRecord {
+                ts: rfc3339_now(),
+                method: "GET",
+                path: Some(path),
+                route: Some("items"),
+                decision: "allow",
+                reason: None,
+                shadow_reason: None,
+                user_id: Some("user_2abc"),
+                status: 200,
+                upstream: Some("app"),
+                operation: None,
+                kind: None,
+                service: None,
+                latency_us: 12,
+                policy_generation: 1,
+            });
+        }
+        let text = String::from_utf8(sink.0.lock().expect("lock").clone()).expect("utf-8");
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 3, "{text}");
+        let paths: Vec<String> = lines
+            .iter()
+            .map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).expect("json line");
+                v["path"].as_str().expect("path").to_owned()
+            })
+            .collect();
+        assert_eq!(paths, ["/api/items/42", long.as_str(), "/b"]);
     }
 
     #[test]

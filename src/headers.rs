@@ -9,6 +9,8 @@
 
 use std::collections::HashSet;
 
+use pingora::http::IntoCaseHeaderName;
+
 use crate::auth::Identity;
 use crate::config::{fold_header_name as fold, IdentityHeaders};
 
@@ -61,8 +63,9 @@ pub struct HeaderGuard {
     protected: Vec<String>,
     longest: usize,
     names: IdentityHeaders,
-    /// The configured names, parsed once, in `Identity::header_values` order.
-    parsed: Vec<Option<http::HeaderName>>,
+    /// The configured names as written upstream (Pingora's spelling of the parsed name, the
+    /// bytes shared: inserting one copies nothing), in `Identity::header_values` order.
+    parsed: Vec<Option<bytes::Bytes>>,
 }
 
 fn fold_byte(b: u8) -> u8 {
@@ -87,7 +90,14 @@ impl HeaderGuard {
         let parsed = names
             .all()
             .iter()
-            .map(|n| http::HeaderName::from_bytes(n.as_bytes()).ok())
+            .map(|n| {
+                let name = http::HeaderName::from_bytes(n.as_bytes()).ok()?;
+                let wire =
+                    bytes::Bytes::copy_from_slice((&name).into_case_header_name().as_slice());
+                // A first clone makes the bytes shared, so the clone per request is a count.
+                let _shared = wire.clone();
+                Some(wire)
+            })
             .collect();
         HeaderGuard {
             protected,
@@ -113,13 +123,13 @@ impl HeaderGuard {
                 .any(|p| name.len() > p.len() && folded_eq(p, &name.as_bytes()[..p.len()]))
     }
 
-    /// The identity headers for an allowed, signed-in request: (name, value) pairs, built from
-    /// values prepared when the token was verified. Values that are not valid header text
-    /// (control characters) were left out then rather than mangled.
+    /// The identity headers for an allowed, signed-in request: (name as written, value) pairs,
+    /// built from values prepared when the token was verified. Values that are not valid
+    /// header text (control characters) were left out then rather than mangled.
     pub fn identity_headers<'a>(
         &'a self,
         id: &'a Identity,
-    ) -> impl Iterator<Item = (&'a http::HeaderName, &'a http::HeaderValue)> + 'a {
+    ) -> impl Iterator<Item = (&'a bytes::Bytes, &'a http::HeaderValue)> + 'a {
         self.parsed
             .iter()
             .zip(id.header_values.iter())

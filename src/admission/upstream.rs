@@ -39,30 +39,46 @@ pub fn prepare_upstream_headers(
     identity: Option<&Identity>,
     fwd: Forwarding<'_>,
 ) -> pingora::Result<()> {
-    let spoofable: Vec<http::HeaderName> = req
-        .headers
-        .keys()
-        .filter(|n| guard.is_protected(n.as_str()))
-        .cloned()
-        .collect();
-    for name in spoofable {
-        req.remove_header(&name);
-    }
-    if credentials == Credentials::Strip {
-        req.remove_header(&http::header::AUTHORIZATION);
-        let kept = strip_clerk_cookies(
+    let strip = credentials == Credentials::Strip;
+    let trusted = fwd
+        .peer
+        .is_some_and(|p| fwd.trusted.iter().any(|c| c.contains(p)));
+    // The cookies to keep are read before anything is removed (a protected `cookie` name
+    // leaves none, as removing it first would).
+    let kept = if strip && !guard.is_protected("cookie") {
+        strip_clerk_cookies(
             req.headers
                 .get_all(http::header::COOKIE)
                 .iter()
                 .map(|v| v.as_bytes()),
-        );
-        // Always removed and re-added from the kept pairs, whatever bytes the header held.
-        req.remove_header(&http::header::COOKIE);
-        if let Some(kept) = kept {
-            req.insert_header(http::header::COOKIE, kept)?;
-        }
+        )
+    } else {
+        None
+    };
+    // One pass over the names (this runs for every header of every request): spoofable
+    // identity and Next.js headers, Clerk credentials, forwarding-header aliases, and the
+    // forwarding headers of an untrusted peer. Only names present are removed.
+    let gone: Vec<http::HeaderName> = req
+        .headers
+        .keys()
+        .filter(|name| {
+            let n = name.as_str();
+            guard.is_protected(n)
+                || (strip
+                    && (*name == http::header::AUTHORIZATION || *name == http::header::COOKIE))
+                || is_hop_alias(n)
+                || (!trusted && HOP_HEADERS.contains(&n))
+        })
+        .cloned()
+        .collect();
+    for name in &gone {
+        req.remove_header(name);
     }
-    forwarding_headers(req, fwd)?;
+    // Always re-added from the kept pairs, whatever bytes the header held.
+    if let Some(kept) = kept {
+        req.insert_header(http::header::COOKIE, kept)?;
+    }
+    forwarding_headers(req, fwd, trusted)?;
     if let Some(id) = identity {
         for (name, value) in guard.identity_headers(id) {
             req.insert_header(name.clone(), value.clone())?;
@@ -71,58 +87,71 @@ pub fn prepare_upstream_headers(
     Ok(())
 }
 
+/// A spelling that folds onto a forwarding header without being it (`X_Forwarded_Host`),
+/// compared in place.
+fn is_hop_alias(n: &str) -> bool {
+    HOP_HEADERS.iter().any(|h| {
+        n != *h
+            && n.len() == h.len()
+            && n.bytes().zip(h.bytes()).all(|(a, b)| {
+                let a = if a == b'_' || a == b'.' { b'-' } else { a };
+                a.to_ascii_lowercase() == b
+            })
+    })
+}
+
+/// An address as header text. IPv4 is written by hand: `Display` for addresses goes
+/// through the formatting machinery and a `String`, per request, twice.
+fn push_ip(out: &mut Vec<u8>, ip: IpAddr) {
+    match ip {
+        IpAddr::V4(v4) => {
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b'.');
+                }
+                if octet >= 100 {
+                    out.push(b'0' + octet / 100);
+                }
+                if octet >= 10 {
+                    out.push(b'0' + octet / 10 % 10);
+                }
+                out.push(b'0' + octet % 10);
+            }
+        }
+        IpAddr::V6(v6) => out.extend_from_slice(v6.to_string().as_bytes()),
+    }
+}
+
+fn header_value(bytes: &[u8], what: &'static str) -> pingora::Result<http::HeaderValue> {
+    http::HeaderValue::from_bytes(bytes)
+        .map_err(|e| pingora::Error::because(pingora::ErrorType::InternalError, what, e))
+}
+
 /// `X-Forwarded-*` and `X-Real-IP` from what Portier saw. A trusted proxy's values are kept
-/// and the chain extended; anyone else's are replaced (a client could name any host, scheme
+/// and the chain extended; anyone else's were removed (a client could name any host, scheme
 /// or address). Spellings that fold onto a forwarding header (`X_Forwarded_Host`) are never
 /// passed on, even from a trusted proxy: WSGI servers read them as the real one, and a load
 /// balancer only ever sets the canonical spelling.
-fn forwarding_headers(req: &mut RequestHeader, fwd: Forwarding<'_>) -> pingora::Result<()> {
-    let trusted = fwd
-        .peer
-        .is_some_and(|p| fwd.trusted.iter().any(|c| c.contains(p)));
-    let aliases: Vec<http::HeaderName> = req
-        .headers
-        .keys()
-        .filter(|n| {
-            // Compared in place: this runs for every header of every request.
-            let n = n.as_str();
-            HOP_HEADERS.iter().any(|h| {
-                n != *h
-                    && n.len() == h.len()
-                    && n.bytes().zip(h.bytes()).all(|(a, b)| {
-                        let a = if a == b'_' || a == b'.' { b'-' } else { a };
-                        a.to_ascii_lowercase() == b
-                    })
-            })
-        })
-        .cloned()
-        .collect();
-    for name in aliases {
-        req.remove_header(&name);
-    }
-    if !trusted {
-        for h in HOP_HEADERS {
-            req.remove_header(h);
-        }
-    }
+fn forwarding_headers(
+    req: &mut RequestHeader,
+    fwd: Forwarding<'_>,
+    trusted: bool,
+) -> pingora::Result<()> {
+    let mut buf: Vec<u8> = Vec::with_capacity(64);
     if let Some(peer) = fwd.peer {
         // Every line a trusted proxy sent, in order, as bytes (one line could be a client's
         // and not UTF-8), then the hop Portier saw.
-        let mut xff: Vec<u8> = Vec::new();
         if trusted {
             for line in req.headers.get_all("x-forwarded-for") {
-                xff.extend_from_slice(line.as_bytes());
-                xff.extend_from_slice(b", ");
+                buf.extend_from_slice(line.as_bytes());
+                buf.extend_from_slice(b", ");
             }
         }
-        xff.extend_from_slice(peer.to_string().as_bytes());
-        let xff = http::HeaderValue::from_bytes(&xff).map_err(|e| {
-            pingora::Error::because(pingora::ErrorType::InternalError, "x-forwarded-for", e)
-        })?;
-        req.insert_header("x-forwarded-for", xff)?;
+        push_ip(&mut buf, peer);
+        req.insert_header("x-forwarded-for", header_value(&buf, "x-forwarded-for")?)?;
         if !req.headers.contains_key("x-forwarded-proto") {
             // Portier's listener speaks plain HTTP; TLS ends at a (trusted) load balancer.
-            req.insert_header("x-forwarded-proto", "http")?;
+            req.insert_header("x-forwarded-proto", http::HeaderValue::from_static("http"))?;
         }
         if !req.headers.contains_key("x-forwarded-host") {
             if let Some(host) = req.headers.get(http::header::HOST).cloned() {
@@ -131,7 +160,9 @@ fn forwarding_headers(req: &mut RequestHeader, fwd: Forwarding<'_>) -> pingora::
         }
     }
     if let Some(client) = fwd.client {
-        req.insert_header("x-real-ip", client.to_string())?;
+        buf.clear();
+        push_ip(&mut buf, client);
+        req.insert_header("x-real-ip", header_value(&buf, "x-real-ip")?)?;
     }
     Ok(())
 }
@@ -170,6 +201,67 @@ mod tests {
             .iter()
             .map(|v| v.as_bytes().to_vec())
             .collect()
+    }
+
+    #[test]
+    fn identity_headers_replace_spoofed_ones_and_credentials_go() {
+        let mut req = RequestHeader::build("GET", b"/x", None).expect("request");
+        for (k, v) in [
+            ("Authorization", "Bearer t"),
+            ("Cookie", "a=1; __session=x"),
+            ("X_Portier_User_Id", "user_evil"),
+            ("X-Portier-Plans", "u:enterprise"),
+            ("Host", "app.test"),
+        ] {
+            req.append_header(k.to_string(), v.as_bytes())
+                .expect("header");
+        }
+        let claims = serde_json::json!({"sub": "user_2abc", "sid": "sess_1",
+            "exp": 4_000_000_000_i64, "pla": "u:pro"});
+        let id =
+            Identity::from_claims(claims.as_object().cloned().expect("object")).expect("identity");
+        let guard = HeaderGuard::new(&IdentityHeaders::default());
+        let peer: IpAddr = "203.0.113.5".parse().expect("ip");
+        let fwd = Forwarding {
+            peer: Some(peer),
+            client: Some(peer),
+            trusted: &[],
+        };
+        prepare_upstream_headers(&mut req, &guard, Credentials::Strip, Some(&id), fwd).expect("ok");
+        assert!(req.headers.get("authorization").is_none());
+        assert_eq!(values(&req, "cookie"), vec![b"a=1".to_vec()]);
+        assert!(req.headers.get("x_portier_user_id").is_none());
+        assert_eq!(
+            values(&req, "x-portier-user-id"),
+            vec![b"user_2abc".to_vec()]
+        );
+        assert_eq!(values(&req, "x-portier-plans"), vec![b"u:pro".to_vec()]);
+        let mut wire = Vec::new();
+        req.header_to_h1_wire(&mut wire);
+        let wire = String::from_utf8(wire).expect("text");
+        assert!(wire.contains("x-portier-user-id: user_2abc\r\n"), "{wire}");
+        assert!(
+            !wire.contains("user_evil") && !wire.contains("enterprise"),
+            "{wire}"
+        );
+    }
+
+    #[test]
+    fn addresses_are_written_as_display_writes_them() {
+        for ip in [
+            "0.0.0.0",
+            "9.10.99.100",
+            "255.255.255.255",
+            "203.0.113.5",
+            "::1",
+            "2001:db8::8a2e:370:7334",
+            "::ffff:10.0.0.2",
+        ] {
+            let ip: IpAddr = ip.parse().expect("ip");
+            let mut out = Vec::new();
+            push_ip(&mut out, ip);
+            assert_eq!(out, ip.to_string().into_bytes());
+        }
     }
 
     #[test]

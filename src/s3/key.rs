@@ -152,8 +152,13 @@ pub fn kind_folder(key: &str) -> Option<&str> {
 }
 
 fn percent_encode(input: &str, keep_slash: bool) -> String {
-    const HEX: &[u8; 16] = b"0123456789ABCDEF";
     let mut out = String::with_capacity(input.len());
+    percent_encode_into(&mut out, input, keep_slash);
+    out
+}
+
+fn percent_encode_into(out: &mut String, input: &str, keep_slash: bool) {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
     for &b in input.as_bytes() {
         if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
             out.push(b as char);
@@ -165,7 +170,6 @@ fn percent_encode(input: &str, keep_slash: bool) -> String {
             out.push(HEX[usize::from(b & 15)] as char);
         }
     }
-    out
 }
 
 /// The URI path form of a decoded key, as SigV4 and S3 expect it: unreserved characters
@@ -175,10 +179,21 @@ pub fn encode_key_for_path(key: &str) -> String {
     percent_encode(key, true)
 }
 
+/// [`encode_key_for_path`] appended to `out`.
+pub(crate) fn encode_key_for_path_into(out: &mut String, key: &str) {
+    percent_encode_into(out, key, true);
+}
+
 /// The SigV4 encoding of one query-string name or value: like [`encode_key_for_path`] but `/`
 /// is encoded too. Use it to build the `query` given to `S3Target::bucket_uri`.
 pub fn encode_query_component(value: &str) -> String {
     percent_encode(value, false)
+}
+
+/// [`encode_query_component`] appended to `out` (the signer builds its canonical query in
+/// one buffer).
+pub(crate) fn encode_query_component_into(out: &mut String, value: &str) {
+    percent_encode_into(out, value, false);
 }
 
 #[cfg(test)]

@@ -8,6 +8,7 @@ pub mod credentials;
 pub mod front;
 pub mod key;
 pub mod sign;
+mod signer;
 pub mod store;
 
 #[cfg(test)]

@@ -666,7 +666,11 @@ fn slow_request_heads_are_cut_with_408_and_counted() {
     }
     let mut buf = Vec::new();
     let _ = slow_body.read_to_end(&mut buf);
-    assert_eq!(parse(&buf).status, 200, "a slow body is the body limit's business");
+    assert_eq!(
+        parse(&buf).status,
+        200,
+        "a slow body is the body limit's business"
+    );
     let (took, sent, buf) = trickler.join().expect("trickler");
     let r = parse(&buf);
     assert_eq!(

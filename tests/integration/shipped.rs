@@ -581,7 +581,8 @@ fn explain_and_the_proxy_agree_on_every_shipped_policy_case() {
     // limit, an upgrade on a route that does not take one.
     let me = bearer(&token("user_a"));
     let big = "x".repeat(40_000);
-    let extra: Vec<(&str, &str, Vec<(&str, &str)>)> = vec![
+    type Case<'a> = (&'a str, &'a str, Vec<(&'a str, &'a str)>);
+    let extra: Vec<Case> = vec![
         (
             "GET",
             "/api/books/1",
