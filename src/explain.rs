@@ -182,7 +182,7 @@ pub async fn explain_request<F: Fn(&str) -> Credentials>(
         Authn::SignedIn(id) => Some(id.user_id.clone()),
         Authn::SignedOut { .. } => None,
     };
-    let navigation = pages::is_navigation(&req.method, &req.headers);
+    let navigation = routed.m.route.is_page() && pages::is_navigation(&req.method, &req.headers);
     let settings = verifier.settings();
     let instance = pages::Instance::new(
         settings.cookie_suffix.as_deref(),

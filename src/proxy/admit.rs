@@ -147,7 +147,8 @@ impl Portier {
                 source: None,
             }
         };
-        let navigation = pages::is_navigation(&req.method, &req.headers);
+        // Only a page route's refusals and pass-throughs care whether a person navigates.
+        let navigation = route.is_page() && pages::is_navigation(&req.method, &req.headers);
         let handshake = if route.is_page() {
             let settings = live.verifier.settings();
             let instance = pages::Instance::new(
@@ -197,13 +198,13 @@ impl Portier {
                 }
                 if let Some(reason) = signed_out_page {
                     // The answer is checked against this route before it goes back.
-                    ctx.page_check = Some(PageCheck {
+                    ctx.page_check = Some(Box::new(PageCheck {
                         route: m.index,
                         reason,
                         navigation,
                         path: decided_path.clone(),
                         target: back(),
-                    });
+                    }));
                 }
                 ctx.shadow = shadow;
             }
@@ -390,13 +391,13 @@ impl Portier {
             .key()
             .and_then(crate::s3::kind_folder)
             .map(str::to_string);
-        ctx.s3 = Some(S3Call {
+        ctx.s3 = Some(Box::new(S3Call {
             method: op.method(),
             operation: op.name(),
             uri,
             store_type,
             inline_types,
-        });
+        }));
         Ok(Ok(Admitted::Proxy))
     }
 

@@ -20,7 +20,9 @@ pub struct S3Call {
     pub inline_types: Vec<&'static str>,
 }
 
-/// Per-request state, carried from phase to phase.
+/// Per-request state, carried from phase to phase. Pingora keeps it inside each request's
+/// future, which is moved (copied) onto the heap once per request: what only some requests
+/// need (S3, egress, page checks) is boxed, so the common request copies little.
 #[derive(Default)]
 pub struct Ctx {
     pub(super) started: Option<Instant>,
@@ -39,12 +41,12 @@ pub struct Ctx {
     pub(super) rate_headers: Vec<(&'static str, String)>,
     /// The accepted webhook id, forgotten again if the upstream never took the delivery.
     pub(super) webhook_id: Option<String>,
-    pub(super) s3: Option<S3Call>,
+    pub(super) s3: Option<Box<S3Call>>,
     /// The canonical path, once known: what the decision log records.
     pub(super) path: Option<String>,
     /// A store error being replaced by a JSON answer: the reason, the store's status, and the
     /// store's error document collected for the log.
-    pub(super) s3_error: Option<(Reason, u16, Vec<u8>)>,
+    pub(super) s3_error: Option<Box<(Reason, u16, Vec<u8>)>>,
     /// Portier answered `Expect: 100-continue` itself (it read the body before forwarding).
     pub(super) continue_sent: bool,
     /// The S3 operation of an S3 route (`GetObject`, `Upload`...), for the decision log.
@@ -52,14 +54,14 @@ pub struct Ctx {
     /// The kind folder of the key an S3 route touched (`images`), for the decision log.
     pub(super) key_kind: Option<String>,
     /// Egress: the admitted store request, the service that asked, and a refusal sent.
-    pub(super) egress: Option<super::egress::EgressCall>,
+    pub(super) egress: Option<Box<super::egress::EgressCall>>,
     pub(super) egress_service: Option<String>,
     pub(super) egress_error: Option<crate::egress::errors::S3Error>,
     /// A page request that went to the app signed out (Clerk's handshake): its answer is
     /// checked against the route before it goes back.
-    pub(super) page_check: Option<PageCheck>,
+    pub(super) page_check: Option<Box<PageCheck>>,
     /// The app's answer is refused (a page the policy refuses): `fail_to_proxy` sends this.
-    pub(super) page_refusal: Option<PageRefusal>,
+    pub(super) page_refusal: Option<Box<PageRefusal>>,
     /// A page refusal was sent: not an error to log.
     pub(super) page_refused: bool,
     /// A passed redirect: its body is dropped.
@@ -123,5 +125,16 @@ impl Ctx {
             .as_ref()
             .zip(self.route)
             .and_then(|(l, i)| l.policies.routes.get(i))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_context_stays_small() {
+        // Measured with benches/instructions.sh: with Ctx at 2,352 bytes the boxing of each
+        // request's future copied about 7,000 bytes more than plain Pingora's (424 now).
+        let size = std::mem::size_of::<super::Ctx>();
+        assert!(size <= 512, "Ctx is {size} bytes");
     }
 }

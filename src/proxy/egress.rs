@@ -185,7 +185,7 @@ impl Portier {
             .copy_source
             .as_deref()
             .map(|src| format!("{}/{}", target.bucket(), encode_key_for_path(src)));
-        ctx.egress = Some(EgressCall {
+        ctx.egress = Some(Box::new(EgressCall {
             method: inbound.method.to_string(),
             op: s3req.op,
             uri,
@@ -196,7 +196,7 @@ impl Portier {
             held: None,
             replaced: None,
             store_answer: Vec::new(),
-        });
+        }));
         Ok(false)
     }
 

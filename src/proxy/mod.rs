@@ -381,7 +381,7 @@ impl ProxyHttp for Portier {
         if let Some(refusal) = ctx.page_refusal.take() {
             ctx.page_refused = true;
             return FailToProxy {
-                error_code: pages::send_page_refusal(session, refusal).await,
+                error_code: pages::send_page_refusal(session, *refusal).await,
                 can_reuse_downstream: false,
             };
         }

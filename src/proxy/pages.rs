@@ -131,7 +131,7 @@ impl Portier {
             _ => None,
         };
         ctx.reason = Some(reason);
-        ctx.page_refusal = Some(PageRefusal {
+        ctx.page_refusal = Some(Box::new(PageRefusal {
             reason,
             location,
             set_cookies: resp
@@ -140,7 +140,7 @@ impl Portier {
                 .iter()
                 .cloned()
                 .collect(),
-        });
+        }));
         pingora::Error::explain(
             pingora::ErrorType::Custom("page answer refused"),
             "a signed-out page pass-through answered what the policy refuses",

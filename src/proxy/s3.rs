@@ -120,7 +120,7 @@ pub(super) fn map_response(resp: &mut ResponseHeader, ctx: &mut Ctx) -> Result<O
     resp.insert_header("content-type", "application/json")?;
     resp.insert_header("content-length", body_len.to_string())?;
     resp.insert_header("cache-control", "no-store")?;
-    ctx.s3_error = Some((reason, status, Vec::new()));
+    ctx.s3_error = Some(Box::new((reason, status, Vec::new())));
     Ok(Some(reason))
 }
 
