@@ -5,7 +5,7 @@
 //! the egress listener and directly (`benches/egress_upload.py`, the `.venv` python). Prints
 //! throughput and Portier's peak RSS (VmHWM). Everything on 127.0.0.1; objects are deleted.
 //!
-//! cargo build --release --bin portier --example s3_stream && target/release/examples/s3_stream [MiB] [--store fs|shm|mem] [--no-egress] [--runs N]
+//! cargo build --release --bin portier --example s3_stream && target/release/examples/s3_stream [MiB] [--store fs|shm|mem] [--no-egress] [--runs N] [--file-api MiB]
 //!
 //! `--store` picks the store: `fs` (default) the embedded s3s-fs store in the temp directory;
 //! `shm` the same with its root in /dev/shm (tmpfs: no disk, but s3s-fs still reads through
@@ -14,6 +14,9 @@
 //! slices), so the store is not what limits the ratio. The egress part needs multipart
 //! uploads, which the in-memory store does not serve: it is skipped with `mem` (and with
 //! `--no-egress`). `--runs N` repeats the front-door PUT/GET pairs (Portier, then direct).
+//! `--file-api MiB` also uploads a browser-shaped multipart form of that size to the file API
+//! (`/api/s3/upload`: parsed as it streams, stored as a multipart upload) against a direct PUT
+//! of the same bytes to the store, `--runs` times, with Portier's peak RSS after each.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -92,6 +95,8 @@ missing_azp = "allow"
 url = "http://{jwks_addr}/jwks"
 [upstreams.unused]
 peers = ["127.0.0.1:1"]
+[limits]
+max_body_bytes = 17179869184
 [decision_log]
 mode = "off"
 [s3]
@@ -117,7 +122,7 @@ keys = ["user_*/**"]
     )?;
     std::fs::write(
         dir.join("policies/files.toml"),
-        "[[route]]\nname = \"files\"\npath = \"/files/{key..}\"\nmethods = [\"GET\", \"PUT\", \"DELETE\"]\nupstream = \"s3\"\ns3 = \"object\"\nowner = \"key\"\nmax_body_bytes = 17179869184\n",
+        "[[route]]\nname = \"files\"\npath = \"/files/{key..}\"\nmethods = [\"GET\", \"PUT\", \"DELETE\"]\nupstream = \"s3\"\ns3 = \"object\"\nowner = \"key\"\nmax_body_bytes = 17179869184\n\n[[route]]\nname = \"upload\"\npath = \"/api/s3/upload\"\nmethods = [\"POST\"]\nupstream = \"s3\"\ns3 = \"upload\"\nobjects = \"files\"\n",
     )?;
     let exe = std::env::current_exe()?;
     let portier_bin = exe
@@ -254,6 +259,76 @@ keys = ["user_*/**"]
         rss0 / 1024,
         rss1 / 1024
     );
+
+    if let Some(form_mib) = flag("--file-api").and_then(|m| m.parse::<u64>().ok()) {
+        // The file API: a browser-shaped multipart/form-data upload (s3_key, then the file)
+        // to /api/s3/upload, streamed into a multipart upload at the store; against a direct
+        // PUT of the same bytes to the store, in turn.
+        if store_kind == "mem" {
+            return Err("--file-api needs a store with multipart uploads (fs or shm)".into());
+        }
+        let size = form_mib << 20;
+        let boundary = "----portierbench7MA4YWxkTrZu0gW";
+        let prefix = format!(
+            "--{boundary}\r\nContent-Disposition: form-data; name=\"s3_key\"\r\n\r\nuser_bench/books/form.bin\r\n--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"form.bin\"\r\nContent-Type: application/octet-stream\r\n\r\n"
+        );
+        let suffix = format!("\r\n--{boundary}--\r\n");
+        let ctype = format!("multipart/form-data; boundary={boundary}");
+        let form_headers = [
+            ("Authorization", auth.as_str()),
+            ("Host", "portier"),
+            ("Content-Type", ctype.as_str()),
+        ];
+        let mb = |d: Duration| size as f64 / 1048576.0 / d.as_secs_f64();
+        println!();
+        println!("File API upload, {form_mib} MiB multipart form, {store_desc}");
+        println!("| run | via Portier (/api/s3/upload) MiB/s | direct PUT MiB/s | ratio | Portier VmHWM after |");
+        println!("|---:|---:|---:|---:|---:|");
+        for run in 1..=runs {
+            let t = Instant::now();
+            let st = post_form(
+                listen,
+                "/api/s3/upload",
+                &form_headers,
+                prefix.as_bytes(),
+                size,
+                suffix.as_bytes(),
+            )?;
+            let via = t.elapsed();
+            assert_status(st, 200, "file API upload")?;
+            if let Some(root) = &store_root {
+                let stored = std::fs::metadata(root.join("bench/user_bench/books/form.bin"))?.len();
+                if stored != size {
+                    return Err(format!("stored {stored} bytes of {size}").into());
+                }
+            }
+            let mut h = http::HeaderMap::new();
+            h.insert("content-length", http::HeaderValue::from(size));
+            let signed = s3::sign_headers(
+                &creds,
+                "us-east-1",
+                "PUT",
+                &uri,
+                &h,
+                Payload::Unsigned,
+                SystemTime::now(),
+            )?;
+            let hs: Vec<(&str, &str)> = signed
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect();
+            let t = Instant::now();
+            assert_status(put(store_addr, &path, &hs, size)?, 200, "PUT direct")?;
+            let direct = t.elapsed();
+            println!(
+                "| {run} | {:.0} | {:.0} | {:.2} | {} MiB |",
+                mb(via),
+                mb(direct),
+                direct.as_secs_f64() / via.as_secs_f64(),
+                vm_hwm(pid) / 1024
+            );
+        }
+    }
 
     if egress_wanted {
         // boto3 through the egress listener (re-signed by Portier) and straight to the store.
@@ -440,6 +515,31 @@ fn put(addr: SocketAddr, path: &str, headers: &[(&str, &str)], total: u64) -> st
         s.write_all(&chunk[..n])?;
         left -= n as u64;
     }
+    let (status, _) = read_response(s)?;
+    Ok(status)
+}
+
+/// POSTs `prefix`, `total` generated bytes and `suffix` (a multipart form around a file);
+/// returns the status.
+fn post_form(
+    addr: SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+    prefix: &[u8],
+    total: u64,
+    suffix: &[u8],
+) -> std::io::Result<u16> {
+    let len = prefix.len() as u64 + total + suffix.len() as u64;
+    let mut s = head(addr, "POST", path, headers, Some(len))?;
+    s.write_all(prefix)?;
+    let chunk: Vec<u8> = (0..CHUNK).map(|i| (i % 251) as u8).collect();
+    let mut left = total;
+    while left > 0 {
+        let n = left.min(CHUNK as u64) as usize;
+        s.write_all(&chunk[..n])?;
+        left -= n as u64;
+    }
+    s.write_all(suffix)?;
     let (status, _) = read_response(s)?;
     Ok(status)
 }

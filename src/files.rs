@@ -27,7 +27,7 @@ use tokio::io::AsyncWriteExt;
 use crate::admission::s3::{download_extras, literal_kind, KeyPlan, ListPlan};
 use crate::error::Reason;
 use crate::policy::ContentType;
-use crate::s3::client::{file_body, full, ClientError};
+use crate::s3::client::{chunks, file_body, ClientError};
 use crate::s3::front::S3Backend;
 use crate::s3::{presign_with, PresignExtras};
 
@@ -159,6 +159,35 @@ pub fn sweep_spool(dir: &Path, older_than: Duration) -> usize {
     removed
 }
 
+/// The request body as multer reads it: one chunk, then `Pending` once (with a wake-up), so
+/// the parser hands each chunk on before reading the next. multer reads everything a stream
+/// has ready into its own buffer before it returns a field's chunk; from a fast client that is
+/// much of the upload, held in memory.
+struct OneChunkPerPoll<S> {
+    inner: std::pin::Pin<Box<S>>,
+    yielded: bool,
+}
+
+impl<S: futures_util::Stream> futures_util::Stream for OneChunkPerPoll<S> {
+    type Item = S::Item;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<S::Item>> {
+        if self.yielded {
+            self.yielded = false;
+            cx.waker().wake_by_ref();
+            return std::task::Poll::Pending;
+        }
+        let next = self.inner.as_mut().poll_next(cx);
+        if matches!(next, std::task::Poll::Ready(Some(_))) {
+            self.yielded = true;
+        }
+        next
+    }
+}
+
 /// Receives the form and stores its `file` under its `s3_key`, once the whole form parsed.
 /// `decide` authorizes a key with the object route's policy; `max_body` bounds the whole form
 /// (and a spooled file). `kind` is set to the key's kind folder as soon as the key is known,
@@ -180,6 +209,10 @@ pub async fn upload(
     });
     let constraints =
         multer::Constraints::new().size_limit(multer::SizeLimit::new().whole_stream(max_body));
+    let stream = OneChunkPerPoll {
+        inner: Box::pin(stream),
+        yielded: false,
+    };
     let mut form = multer::Multipart::with_constraints(stream, boundary, constraints);
     let mut key: Option<String> = None;
     let mut spooled: Option<Spooled> = None;
@@ -355,8 +388,41 @@ struct Received {
     plan: KeyPlan,
     size: u64,
     content_type: String,
+    /// The bytes received and not sent yet: at most one part. Copied in from the form's
+    /// chunks (which would otherwise pin the parser's larger buffers), and reused from part
+    /// to part once the store has taken the previous one: an upload holds one part, whatever
+    /// its size.
     tail: BytesMut,
+    /// The first bytes of the file, for the type check.
+    head: Vec<u8>,
     open: Option<Multipart>,
+}
+
+impl Received {
+    /// Copies `c` into the part being filled; a full part with bytes after it goes to the store
+    /// (the last part, and the completion, wait for the end of the form).
+    async fn take_in(&mut self, mut c: &[u8]) -> Result<(), FilesError> {
+        while !c.is_empty() {
+            if self.tail.len() == PART_SIZE {
+                let part = self.tail.split().freeze();
+                let keep = part.clone();
+                self.send_part(vec![part]).await?;
+                // The store has the part: its buffer is ours again (unless still shared).
+                self.tail = keep.try_into_mut().unwrap_or_default();
+                self.tail.clear();
+            }
+            let n = (PART_SIZE - self.tail.len()).min(c.len());
+            // Grow by doubling, as a Vec does, but never past one part.
+            let need = self.tail.len() + n;
+            if need > self.tail.capacity() {
+                let target = (self.tail.capacity() * 2).clamp(need, PART_SIZE);
+                self.tail.reserve(target - self.tail.len());
+            }
+            self.tail.extend_from_slice(&c[..n]);
+            c = &c[n..];
+        }
+        Ok(())
+    }
 }
 
 async fn receive(
@@ -371,6 +437,7 @@ async fn receive(
         size: 0,
         content_type: String::new(),
         tail: BytesMut::new(),
+        head: Vec::new(),
         open: None,
     };
     let mut typed = false;
@@ -379,26 +446,24 @@ async fn receive(
         if r.size > r.plan.limit {
             return Err(Reason::BodyTooLarge.into());
         }
-        r.tail.extend_from_slice(&c);
-        if !typed && r.tail.len() >= ContentType::SNIFF_LEN {
-            r.content_type = store_type(&r.plan, &r.tail, declared.as_deref())?;
+        if r.head.len() < ContentType::SNIFF_LEN {
+            let want = ContentType::SNIFF_LEN - r.head.len();
+            r.head.extend_from_slice(&c[..want.min(c.len())]);
+        }
+        if !typed && r.head.len() >= ContentType::SNIFF_LEN {
+            r.content_type = store_type(&r.plan, &r.head, declared.as_deref())?;
             typed = true;
         }
-        // Only a part with more bytes after it goes up now: the last one (and the
-        // completion) wait for the end of the form.
-        while r.tail.len() > PART_SIZE {
-            let part = r.tail.split_to(PART_SIZE).freeze();
-            r.send_part(part).await?;
-        }
+        r.take_in(&c).await?;
     }
     if !typed {
-        r.content_type = store_type(&r.plan, &r.tail, declared.as_deref())?;
+        r.content_type = store_type(&r.plan, &r.head, declared.as_deref())?;
     }
     Ok(r)
 }
 
 impl Received {
-    async fn send_part(&mut self, part: Bytes) -> Result<(), FilesError> {
+    async fn send_part(&mut self, part: Vec<Bytes>) -> Result<(), FilesError> {
         let b = &self.backend;
         if self.open.is_none() {
             let id = b
@@ -429,6 +494,7 @@ impl Received {
     async fn commit(mut self) -> Result<Uploaded, FilesError> {
         let b = self.backend.clone();
         let tail = std::mem::take(&mut self.tail).freeze();
+        let tail_len = tail.len();
         match self.open.take() {
             None => {
                 b.client
@@ -436,8 +502,8 @@ impl Received {
                         b.bucket()?,
                         &self.plan.key,
                         &self.content_type,
-                        tail.len() as u64,
-                        full(tail),
+                        tail_len as u64,
+                        chunks(vec![tail]),
                     )
                     .await?;
             }
@@ -446,7 +512,7 @@ impl Received {
                     let n = m.parts.len() as u32 + 1;
                     let etag = b
                         .client
-                        .upload_part(b.bucket()?, &m.key, &m.id, n, tail)
+                        .upload_part(b.bucket()?, &m.key, &m.id, n, vec![tail])
                         .await?;
                     m.parts.push((n, etag));
                 }

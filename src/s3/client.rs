@@ -211,6 +211,17 @@ pub fn full(b: impl Into<Bytes>) -> Body {
     BodyExt::boxed_unsync(http_body_util::StreamBody::new(stream))
 }
 
+/// A body of received chunks, sent as they are (no copy): each one taken by the connection
+/// is progress.
+pub fn chunks(chunks: Vec<Bytes>) -> Body {
+    let stream = futures_util::stream::iter(
+        chunks
+            .into_iter()
+            .map(|c| Ok::<_, io::Error>(hyper::body::Frame::data(c))),
+    );
+    BodyExt::boxed_unsync(http_body_util::StreamBody::new(stream))
+}
+
 /// A body streamed from an open file, in 256 KiB reads.
 pub fn file_body(file: tokio::fs::File) -> Body {
     use futures_util::StreamExt;
@@ -450,7 +461,7 @@ impl StoreClient {
         key: &str,
         upload_id: &str,
         number: u32,
-        part: Bytes,
+        part: Vec<Bytes>,
     ) -> Result<String, ClientError> {
         let n = number.to_string();
         let uri = Self::object_uri(
@@ -458,10 +469,18 @@ impl StoreClient {
             key,
             &[("partNumber", &n), ("uploadId", upload_id)],
         )?;
+        let len: usize = part.iter().map(Bytes::len).sum();
         let mut headers = HeaderMap::new();
-        headers.insert(http::header::CONTENT_LENGTH, HeaderValue::from(part.len()));
+        headers.insert(http::header::CONTENT_LENGTH, HeaderValue::from(len));
         let (head, _) = self
-            .send(b, Method::PUT, uri, headers, full(part), Payload::Unsigned)
+            .send(
+                b,
+                Method::PUT,
+                uri,
+                headers,
+                chunks(part),
+                Payload::Unsigned,
+            )
             .await?;
         head.get(http::header::ETAG)
             .and_then(|v| v.to_str().ok())
