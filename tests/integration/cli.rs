@@ -385,7 +385,8 @@ fn dev_applies_a_policy_edit_without_a_restart() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .expect("start portier dev");
-    let bound = dev_bound(&mut child);
+    let bound = crate::common::listening(&mut child, std::time::Duration::from_secs(30))
+        .expect("portier dev printed its addresses");
     let listen = bound.public[0];
     struct Kill<'a>(&'a mut std::process::Child);
     impl Drop for Kill<'_> {
@@ -539,27 +540,4 @@ fn explain_egress_uses_the_shipped_service_rules() {
     );
     let (code, _) = run(&["nobody", "GET", "/app-media/k"]);
     assert_eq!(code, Some(1), "an unknown service is an error");
-}
-
-/// Reads `portier dev`'s `portier listening ...` line (its ports were 0); the rest of its
-/// output is drained on a thread.
-fn dev_bound(child: &mut std::process::Child) -> portier::server::Bound {
-    use std::io::BufRead;
-    let stdout = child.stdout.take().expect("stdout");
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut lines = std::io::BufReader::new(stdout).lines();
-        for line in lines.by_ref() {
-            let Ok(line) = line else { return };
-            if let Some(rest) = line.strip_prefix("portier listening ") {
-                let _ = tx.send(rest.to_string());
-                break;
-            }
-        }
-        for _ in lines {}
-    });
-    let line = rx
-        .recv_timeout(std::time::Duration::from_secs(30))
-        .expect("portier dev printed its addresses");
-    crate::common::parse_bound(&line)
 }

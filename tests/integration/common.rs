@@ -377,6 +377,18 @@ impl Setup {
         }
     }
 
+    /// A public route `/pool/{rest..}` (GET, POST) to an upstream `pool` of `peers`, which
+    /// gives up a connect after 300 ms; `extra` adds keys to `[upstreams.pool]` (and tables
+    /// after it).
+    pub fn pool(&mut self, peers: &[String], extra: &str) {
+        self.policies = "[[route]]\nname = \"pool\"\npath = \"/pool/{rest..}\"\nmethods = [\"GET\", \"POST\"]\nupstream = \"pool\"\naccess = \"public\"\n".into();
+        let peers: Vec<String> = peers.iter().map(|p| format!("\"{p}\"")).collect();
+        self.extra_config = format!(
+            "[upstreams.pool]\npeers = [{}]\nconnect_timeout_ms = 300\n{extra}",
+            peers.join(", ")
+        );
+    }
+
     /// Writes config.toml (Portier listening on port 0: the bound port is learnt when it
     /// starts) and the policies into a fresh directory.
     pub fn write(self) -> (TempDir, PathBuf) {
@@ -482,7 +494,6 @@ pub fn spawn_portier_run(
     args: &[&str],
     env: &[(&str, &str)],
 ) -> (std::process::Child, portier::server::Bound) {
-    use std::io::BufRead;
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_portier"))
         .args(["run", "-c"])
         .arg(cfg)
@@ -492,7 +503,22 @@ pub fn spawn_portier_run(
         .stdout(std::process::Stdio::piped())
         .spawn()
         .expect("start portier");
-    let stdout = child.stdout.take().expect("stdout");
+    let bound = listening(&mut child, Duration::from_secs(20)).unwrap_or_else(|| {
+        let _ = child.kill();
+        panic!("portier run printed no listening line")
+    });
+    (child, bound)
+}
+
+/// The addresses of the `portier listening public=... egress=... admin=...` line a started
+/// `portier run` or `portier dev` prints once bound; the rest of its stdout is drained on a
+/// thread, so the process never blocks on a full pipe.
+pub fn listening(
+    child: &mut std::process::Child,
+    wait: Duration,
+) -> Option<portier::server::Bound> {
+    use std::io::BufRead;
+    let stdout = child.stdout.take()?;
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let mut lines = std::io::BufReader::new(stdout).lines();
@@ -503,16 +529,9 @@ pub fn spawn_portier_run(
                 break;
             }
         }
-        // Keep reading so the process never blocks on a full pipe.
         for _ in lines {}
     });
-    let line = rx
-        .recv_timeout(Duration::from_secs(20))
-        .unwrap_or_else(|_| {
-            let _ = child.kill();
-            panic!("portier run printed no listening line")
-        });
-    (child, parse_bound(&line))
+    rx.recv_timeout(wait).ok().map(|l| parse_bound(&l))
 }
 
 /// The addresses of a `portier listening ...` line.
@@ -556,6 +575,41 @@ impl Resp {
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers.get(name).map(String::as_str)
     }
+}
+
+/// A request straight to the store (a presigned URL), with these headers and body.
+pub fn store_request(url: &str, method: &str, headers: &[(&str, &str)], body: &[u8]) -> Resp {
+    let rest = url.strip_prefix("http://").expect("http url");
+    let (host, path) = rest.split_once('/').expect("path");
+    let addr: SocketAddr = host.parse().expect("addr");
+    let mut s = TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let mut req = format!("{method} /{path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str(&format!("Content-Length: {}\r\n\r\n", body.len()));
+    s.write_all(req.as_bytes()).expect("write");
+    let _ = s.write_all(body);
+    let mut buf = Vec::new();
+    let _ = s.read_to_end(&mut buf);
+    parse(&buf)
+}
+
+/// `url` without the query parameter `name`.
+pub fn without_param(url: &str, name: &str) -> String {
+    let (base, query) = url.split_once('?').expect("query");
+    let kept: Vec<&str> = query
+        .split('&')
+        .filter(|p| p.split('=').next() != Some(name))
+        .collect();
+    format!("{base}?{}", kept.join("&"))
+}
+
+/// GETs a presigned URL straight from the store.
+pub fn fetch_url(url: &str) -> Resp {
+    store_request(url, "GET", &[], b"")
 }
 
 /// Sends one request with `Connection: close` and reads the whole answer.
@@ -984,10 +1038,12 @@ pub fn capture_logs() {
     let _ = log_capture();
 }
 
-/// A TCP relay that records what the client side sends (to see what reaches a server).
+/// A TCP relay that records the first 64 MiB the client side sends and counts every byte, so
+/// a test can see what reached a server and how much of a body did.
 pub struct Relay {
     pub addr: SocketAddr,
     pub sent: Arc<Mutex<Vec<u8>>>,
+    pub total: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Relay {
@@ -995,13 +1051,14 @@ impl Relay {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let (l, addr) = listener();
         let sent = Arc::new(Mutex::new(Vec::new()));
-        let rec = sent.clone();
+        let total = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let (rec, count) = (sent.clone(), total.clone());
         runtime().spawn(async move {
             loop {
                 let Ok((client, _)) = l.accept().await else {
                     continue;
                 };
-                let rec = rec.clone();
+                let (rec, count) = (rec.clone(), count.clone());
                 tokio::spawn(async move {
                     let Ok(server) = tokio::net::TcpStream::connect(target).await else {
                         return;
@@ -1015,10 +1072,10 @@ impl Relay {
                                 Ok(0) | Err(_) => break,
                                 Ok(n) => n,
                             };
+                            count.fetch_add(n as u64, Ordering::SeqCst);
                             if let Ok(mut r) = rec.lock() {
-                                if r.len() < 4 * 1024 * 1024 {
-                                    r.extend_from_slice(&buf[..n]);
-                                }
+                                let room = (64 * 1024 * 1024usize).saturating_sub(r.len());
+                                r.extend_from_slice(&buf[..n.min(room)]);
                             }
                             if sw.write_all(&buf[..n]).await.is_err() {
                                 break;
@@ -1034,7 +1091,7 @@ impl Relay {
                 });
             }
         });
-        Relay { addr, sent }
+        Relay { addr, sent, total }
     }
 
     pub fn text(&self) -> String {
@@ -1042,6 +1099,20 @@ impl Relay {
             .lock()
             .map(|s| String::from_utf8_lossy(&s).into_owned())
             .unwrap_or_default()
+    }
+
+    /// Bytes received so far, once the count has stopped moving (bounded wait).
+    pub fn settled_total(&self) -> u64 {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let mut last = self.total.load(Ordering::SeqCst);
+        loop {
+            std::thread::sleep(Duration::from_millis(300));
+            let now = self.total.load(Ordering::SeqCst);
+            if now == last || std::time::Instant::now() > deadline {
+                return now;
+            }
+            last = now;
+        }
     }
 }
 

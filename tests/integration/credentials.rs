@@ -114,32 +114,6 @@ impl CredentialServer {
     }
 }
 
-/// The store's answer to a presigned URL.
-fn fetch_url(url: &str) -> Resp {
-    use std::io::{Read, Write};
-    let rest = url.strip_prefix("http://").expect("http url");
-    let (host, path) = rest.split_once('/').expect("path");
-    let addr: std::net::SocketAddr = host.parse().expect("addr");
-    let mut s = std::net::TcpStream::connect(addr).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(10)))
-        .expect("timeout");
-    let req = format!("GET /{path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
-    s.write_all(req.as_bytes()).expect("write");
-    let mut buf = Vec::new();
-    let _ = s.read_to_end(&mut buf);
-    parse(&buf)
-}
-
-/// `url` without the query parameter `name`.
-fn without_param(url: &str, name: &str) -> String {
-    let (base, query) = url.split_once('?').expect("query");
-    let kept: Vec<&str> = query
-        .split('&')
-        .filter(|p| p.split('=').next() != Some(name))
-        .collect();
-    format!("{base}?{}", kept.join("&"))
-}
-
 fn query_param(url: &str, name: &str) -> Option<String> {
     url.split_once('?')?.1.split('&').find_map(|p| {
         p.strip_prefix(name)

@@ -4,9 +4,7 @@
 //! records every byte it receives.
 
 use std::io::{Read, Write};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use portier::s3;
 
@@ -21,7 +19,7 @@ struct EgressWorld {
     world: World,
     egress: std::net::SocketAddr,
     root: TempDir,
-    relay: StoreRelay,
+    relay: Relay,
     store_key: String,
     _store: s3::EmbeddedStore,
 }
@@ -38,7 +36,7 @@ fn start() -> EgressWorld {
     let store = runtime()
         .block_on(s3::start(root.0.clone(), "realbucket", &ak, &sk))
         .expect("store");
-    let relay = StoreRelay::start(store.addr);
+    let relay = Relay::start(store.addr);
     // Tests run in parallel in one process: each world reads its store keys from its own
     // variables, or one world's Portier would sign with another's keys.
     static WORLDS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
@@ -200,84 +198,6 @@ fn boto3_through_egress_with_local_keys() {
         lower.contains("content-md5: "),
         "DeleteObjects without Content-MD5"
     );
-}
-
-/// A TCP relay in front of the store: records the first 64 MiB it is sent and counts every
-/// byte, so a test can see what reached the store and how much of a body did.
-struct StoreRelay {
-    addr: std::net::SocketAddr,
-    sent: Arc<Mutex<Vec<u8>>>,
-    total: Arc<AtomicU64>,
-}
-
-impl StoreRelay {
-    fn start(target: std::net::SocketAddr) -> StoreRelay {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let (l, addr) = listener();
-        let sent = Arc::new(Mutex::new(Vec::new()));
-        let total = Arc::new(AtomicU64::new(0));
-        let (rec, count) = (sent.clone(), total.clone());
-        runtime().spawn(async move {
-            loop {
-                let Ok((client, _)) = l.accept().await else {
-                    continue;
-                };
-                let (rec, count) = (rec.clone(), count.clone());
-                tokio::spawn(async move {
-                    let Ok(server) = tokio::net::TcpStream::connect(target).await else {
-                        return;
-                    };
-                    let (mut cr, mut cw) = client.into_split();
-                    let (mut sr, mut sw) = server.into_split();
-                    let up = async move {
-                        let mut buf = vec![0u8; 64 * 1024];
-                        loop {
-                            let n = match cr.read(&mut buf).await {
-                                Ok(0) | Err(_) => break,
-                                Ok(n) => n,
-                            };
-                            count.fetch_add(n as u64, Ordering::SeqCst);
-                            if let Ok(mut r) = rec.lock() {
-                                let room = (64 * 1024 * 1024usize).saturating_sub(r.len());
-                                r.extend_from_slice(&buf[..n.min(room)]);
-                            }
-                            if sw.write_all(&buf[..n]).await.is_err() {
-                                break;
-                            }
-                        }
-                        let _ = sw.shutdown().await;
-                    };
-                    let down = async move {
-                        let _ = tokio::io::copy(&mut sr, &mut cw).await;
-                        let _ = cw.shutdown().await;
-                    };
-                    tokio::join!(up, down);
-                });
-            }
-        });
-        StoreRelay { addr, sent, total }
-    }
-
-    fn text(&self) -> String {
-        self.sent
-            .lock()
-            .map(|s| String::from_utf8_lossy(&s).into_owned())
-            .unwrap_or_default()
-    }
-
-    /// Bytes received so far, once the count has stopped moving (bounded wait).
-    fn settled_total(&self) -> u64 {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let mut last = self.total.load(Ordering::SeqCst);
-        loop {
-            std::thread::sleep(Duration::from_millis(300));
-            let now = self.total.load(Ordering::SeqCst);
-            if now == last || Instant::now() > deadline {
-                return now;
-            }
-            last = now;
-        }
-    }
 }
 
 /// How a test request's body is framed on the wire.

@@ -170,51 +170,6 @@ fn upload_head(tok: &str, length: usize) -> String {
     )
 }
 
-/// `url` without the query parameter `name`.
-fn without_param(url: &str, name: &str) -> String {
-    let (base, query) = url.split_once('?').expect("query");
-    let kept: Vec<&str> = query
-        .split('&')
-        .filter(|p| p.split('=').next() != Some(name))
-        .collect();
-    format!("{base}?{}", kept.join("&"))
-}
-
-/// A request straight to the store (a presigned URL), with these headers and body.
-fn store_request(url: &str, method: &str, headers: &[(&str, &str)], body: &[u8]) -> Resp {
-    let rest = url.strip_prefix("http://").expect("http url");
-    let (host, path) = rest.split_once('/').expect("path");
-    let addr: std::net::SocketAddr = host.parse().expect("addr");
-    let mut s = TcpStream::connect(addr).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(10)))
-        .expect("timeout");
-    let mut req = format!("{method} /{path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n");
-    for (k, v) in headers {
-        req.push_str(&format!("{k}: {v}\r\n"));
-    }
-    req.push_str(&format!("Content-Length: {}\r\n\r\n", body.len()));
-    s.write_all(req.as_bytes()).expect("write");
-    let _ = s.write_all(body);
-    let mut buf = Vec::new();
-    let _ = s.read_to_end(&mut buf);
-    parse(&buf)
-}
-
-/// GET a presigned URL straight from the store.
-fn fetch(url: &str) -> Resp {
-    let rest = url.strip_prefix("http://").expect("http url");
-    let (host, path) = rest.split_once('/').expect("path");
-    let addr: std::net::SocketAddr = host.parse().expect("addr");
-    let mut s = TcpStream::connect(addr).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(10)))
-        .expect("timeout");
-    let req = format!("GET /{path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
-    s.write_all(req.as_bytes()).expect("write");
-    let mut buf = Vec::new();
-    let _ = s.read_to_end(&mut buf);
-    parse(&buf)
-}
-
 #[test]
 fn uploads_in_both_part_orders_by_magic_number() {
     let w = Shipped::start(0);
@@ -241,7 +196,7 @@ fn uploads_in_both_part_orders_by_magic_number() {
             url.contains("response-content-disposition=attachment"),
             "{url}"
         );
-        let got = fetch(url);
+        let got = fetch_url(url);
         assert_eq!(got.status, 200);
         assert_eq!(got.header("content-type"), Some(want_type));
     }
@@ -426,7 +381,7 @@ fn presigned_urls_of_the_file_api() {
     assert_eq!(a.json()["url"], b.json()["url"], "stable within the window");
     let left = a.json()["expires_in"].as_u64().unwrap_or(0);
     assert!((3300..=3600).contains(&left), "{left}");
-    let got = fetch(a.json()["url"].as_str().expect("url"));
+    let got = fetch_url(a.json()["url"].as_str().expect("url"));
     assert_eq!(got.status, 200);
     assert_eq!(got.header("content-length"), Some("3000"));
     // Every presigned GET is an attachment, whatever the kind: a navigation downloads it.
@@ -438,7 +393,11 @@ fn presigned_urls_of_the_file_api() {
     );
     let unsigned = without_param(&url, "response-content-disposition");
     assert_ne!(unsigned, url);
-    assert_eq!(fetch(&unsigned).status, 403, "the disposition is signed in");
+    assert_eq!(
+        fetch_url(&unsigned).status,
+        403,
+        "the disposition is signed in"
+    );
     // A direct upload URL binds length and type; the store refuses others.
     let put = ask(
         json!({"s3_key": "user_ps/images/b.png", "method": "PUT", "content_type": "image/png", "content_length": 100}),
@@ -511,7 +470,7 @@ fn presigned_urls_of_the_file_api() {
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(r.json()["s3_key"], "user_ps/books/100%.txt");
     assert_eq!(
-        fetch(r.json()["url"].as_str().expect("url")).body,
+        fetch_url(r.json()["url"].as_str().expect("url")).body,
         "a hundred"
     );
     // The object route names the same key with `%25`.

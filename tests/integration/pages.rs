@@ -537,19 +537,7 @@ fn a_retried_request_still_goes_out_on_the_canonical_path() {
     let closer = Scripted::start(b"");
     let jwks = JwksServer::start(vec![issuer().jwk()]);
     let mut s = Setup::new(&jwks, &live, &live);
-    s.policies = r#"
-[[route]]
-name = "pool"
-path = "/pool/{rest..}"
-methods = ["GET"]
-upstream = "pool"
-access = "public"
-"#
-    .into();
-    s.extra_config = format!(
-        "[upstreams.pool]\npeers = [\"{}\", \"{}\"]\nconnect_timeout_ms = 300\n",
-        live.addr, closer.addr
-    );
+    s.pool(&[live.addr.to_string(), closer.addr.to_string()], "");
     let p = s.start();
     for i in 0..10 {
         let r = get(p.addr, &format!("/pool//x/%37/{i}?q=%2F"), &[]);

@@ -265,18 +265,9 @@ fn health_checks_take_a_dead_peer_out_of_rotation() {
     let live = Upstream::start();
     let jwks = JwksServer::start(vec![issuer().jwk()]);
     let mut s = Setup::new(&jwks, &live, &live);
-    s.policies = r#"
-[[route]]
-name = "pool"
-path = "/pool/{rest..}"
-methods = ["GET"]
-upstream = "pool"
-access = "public"
-"#
-    .into();
-    s.extra_config = format!(
-        "[upstreams.pool]\npeers = [\"{}\", \"127.0.0.1:1\"]\nconnect_timeout_ms = 300\n[upstreams.pool.health_check]\nkind = \"tcp\"\ninterval_seconds = 1\n",
-        live.addr
+    s.pool(
+        &[live.addr.to_string(), "127.0.0.1:1".into()],
+        "[upstreams.pool.health_check]\nkind = \"tcp\"\ninterval_seconds = 1\n",
     );
     let p = s.start();
     // Give the first health-check round time to mark 127.0.0.1:1 down.
@@ -298,19 +289,7 @@ fn a_refused_connection_is_retried_once_on_another_peer() {
     let live = Upstream::start();
     let jwks = JwksServer::start(vec![issuer().jwk()]);
     let mut s = Setup::new(&jwks, &live, &live);
-    s.policies = r#"
-[[route]]
-name = "pool"
-path = "/pool/{rest..}"
-methods = ["GET", "POST"]
-upstream = "pool"
-access = "public"
-"#
-    .into();
-    s.extra_config = format!(
-        "[upstreams.pool]\npeers = [\"{}\", \"127.0.0.1:1\"]\nconnect_timeout_ms = 300\n",
-        live.addr
-    );
+    s.pool(&[live.addr.to_string(), "127.0.0.1:1".into()], "");
     let p = s.start();
     for i in 0..10 {
         assert_eq!(
@@ -335,18 +314,7 @@ access = "public"
     );
     // Only dead peers: one retry, then a quick JSON 502.
     let mut s = Setup::new(&jwks, &live, &live);
-    s.policies = r#"
-[[route]]
-name = "pool"
-path = "/pool/{rest..}"
-methods = ["GET"]
-upstream = "pool"
-access = "public"
-"#
-    .into();
-    s.extra_config =
-        "[upstreams.pool]\npeers = [\"127.0.0.1:1\", \"127.0.0.1:2\"]\nconnect_timeout_ms = 300\n"
-            .into();
+    s.pool(&["127.0.0.1:1".into(), "127.0.0.1:2".into()], "");
     let p = s.start();
     let t = std::time::Instant::now();
     let r = get(p.addr, "/pool/x", &[]);
@@ -361,15 +329,6 @@ access = "public"
     );
 }
 
-const POOL_ROUTE: &str = r#"
-[[route]]
-name = "pool"
-path = "/pool/{rest..}"
-methods = ["GET", "POST"]
-upstream = "pool"
-access = "public"
-"#;
-
 /// A Portier in front of a two-peer pool, with the servers it needs kept alive.
 struct PortierUnderTest {
     p: Portier,
@@ -381,10 +340,9 @@ fn pool(a: &MortalUpstream, b: &MortalUpstream, health: bool) -> PortierUnderTes
     let jwks = JwksServer::start(vec![issuer().jwk()]);
     let app = Upstream::start();
     let mut s = Setup::new(&jwks, &app, &app);
-    s.policies = POOL_ROUTE.into();
-    s.extra_config = format!(
-        "[upstreams.pool]\npeers = [\"{}\", \"{}\"]\nconnect_timeout_ms = 300\nread_timeout_ms = 5000\n",
-        a.addr, b.addr
+    s.pool(
+        &[a.addr.to_string(), b.addr.to_string()],
+        "read_timeout_ms = 5000\n",
     );
     if health {
         s.extra_config

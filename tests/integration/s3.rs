@@ -401,21 +401,6 @@ fn client_credentials_and_identity_headers_never_reach_the_store() {
     );
 }
 
-fn direct(url: &str, method: &str, body: &[u8]) -> Resp {
-    let rest = url.strip_prefix("http://").expect("http url");
-    let (host, path) = rest.split_once('/').expect("path");
-    let addr: std::net::SocketAddr = host.parse().expect("addr");
-    // Straight to the store, with the Host the URL was signed for.
-    let mut s = std::net::TcpStream::connect(addr).expect("connect");
-    let req = format!("{method} /{path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nContent-Length: {}\r\n\r\n", body.len());
-    use std::io::{Read, Write};
-    s.write_all(req.as_bytes()).expect("write");
-    s.write_all(body).expect("write");
-    let mut buf = Vec::new();
-    let _ = s.read_to_end(&mut buf);
-    parse(&buf)
-}
-
 #[test]
 fn presigned_urls_work_directly_expire_and_are_refused_for_foreign_keys() {
     let w = start(None, false);
@@ -444,7 +429,10 @@ fn presigned_urls_work_directly_expire_and_are_refused_for_foreign_keys() {
     assert_eq!(put["expires_in"], 300);
     let url = put["url"].as_str().expect("url");
     assert!(url.contains("X-Amz-Signature="));
-    assert_eq!(direct(url, "PUT", b"presigned body").status, 200);
+    assert_eq!(
+        store_request(url, "PUT", &[], b"presigned body").status,
+        200
+    );
     assert_eq!(
         std::fs::read(w.object_file("user_s3a/docs/p.txt")).expect("stored"),
         b"presigned body"
@@ -459,7 +447,7 @@ fn presigned_urls_work_directly_expire_and_are_refused_for_foreign_keys() {
     );
     let left = get.json()["expires_in"].as_u64().unwrap_or(0);
     assert!((300..=600).contains(&left), "{left}");
-    let r = direct(get.json()["url"].as_str().expect("url"), "GET", b"");
+    let r = store_request(get.json()["url"].as_str().expect("url"), "GET", &[], b"");
     assert_eq!((r.status, r.body.as_str()), (200, "presigned body"));
     // The same policy decides: another user's key, a bad key, a kind that needs a plan.
     let r = ask(json!({"key": "user_s3b/docs/p.txt", "method": "GET"}));
@@ -482,7 +470,7 @@ fn presigned_urls_work_directly_expire_and_are_refused_for_foreign_keys() {
     // Expiry.
     let short = ask(json!({"key": "user_s3a/docs/p.txt", "method": "GET", "expires_in": 1}));
     std::thread::sleep(Duration::from_millis(2100));
-    let r = direct(short.json()["url"].as_str().expect("url"), "GET", b"");
+    let r = store_request(short.json()["url"].as_str().expect("url"), "GET", &[], b"");
     assert_eq!(r.status, 403, "expired: {}", r.body);
 }
 
@@ -622,7 +610,7 @@ fn stored_types_are_the_detected_ones_and_downloads_are_not_rendered() {
         url.contains("response-content-disposition=attachment"),
         "{url}"
     );
-    let d = direct(&url, "GET", b"");
+    let d = store_request(&url, "GET", &[], b"");
     assert_eq!(d.status, 200, "{}", d.body);
     // Presigned uploads of a checked kind state one of its types and an exact length.
     let r = ask(json!({"key": "user_s3x/images/y.png", "method": "PUT", "content_length": 2000}));

@@ -528,33 +528,12 @@ fn explain_and_the_proxy_agree_on_every_shipped_policy_case() {
         } else {
             raw(w.portier.addr, method, path, &hs)
         };
-        let mut args: Vec<String> = vec![
-            "explain".into(),
-            "-c".into(),
-            cfg.clone(),
-            "--format".into(),
-            "json".into(),
-            method.into(),
-            path.into(),
-        ];
-        for (k, v) in &headers {
-            args.push("-H".into());
-            args.push(format!("{k}: {v}"));
-        }
-        if !body.is_empty() && method != "PUT" {
-            args.push("--data".into());
-            args.push(String::from_utf8_lossy(&body).into_owned());
-        }
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_portier"))
-            .args(&args)
-            .output()
-            .expect("run portier explain");
-        assert!(
-            out.status.success(),
-            "{name}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let ex: Value = serde_json::from_slice(&out.stdout).expect("json");
+        let pairs: Vec<(&str, &str)> = headers
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        let data = (!body.is_empty() && method != "PUT").then(|| String::from_utf8_lossy(&body));
+        let ex = explain_json(&cfg, method, path, &pairs, data.as_deref());
         if ex.to_string().contains("its answer is checked") {
             // Passed to the app signed out: what comes back is the app's handshake redirect.
             assert_eq!(ex["decision"], "allow", "{name}");
@@ -611,29 +590,7 @@ fn explain_and_the_proxy_agree_on_every_shipped_policy_case() {
     ];
     for (method, path, headers) in extra {
         let proxied = raw(w.portier.addr, method, path, &headers);
-        let mut args: Vec<String> = vec![
-            "explain".into(),
-            "-c".into(),
-            cfg.clone(),
-            "--format".into(),
-            "json".into(),
-            method.into(),
-            path.into(),
-        ];
-        for (k, v) in &headers {
-            args.push("-H".into());
-            args.push(format!("{k}: {v}"));
-        }
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_portier"))
-            .args(&args)
-            .output()
-            .expect("run portier explain");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let ex: Value = serde_json::from_slice(&out.stdout).expect("json");
+        let ex = explain_json(&cfg, method, path, &headers, None);
         assert_eq!(
             (
                 ex["status"].as_u64().unwrap_or(0) as u16,
@@ -646,6 +603,36 @@ fn explain_and_the_proxy_agree_on_every_shipped_policy_case() {
         );
         assert!(proxied.status >= 400, "{method} {path} is refused");
     }
+}
+
+/// `portier explain --format json` on `cfg` for a request, as the CLI prints it.
+fn explain_json(
+    cfg: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    data: Option<&str>,
+) -> Value {
+    let mut args: Vec<String> = ["explain", "-c", cfg, "--format", "json", method, path]
+        .map(String::from)
+        .to_vec();
+    for (k, v) in headers {
+        args.push("-H".into());
+        args.push(format!("{k}: {v}"));
+    }
+    if let Some(d) = data {
+        args.extend(["--data".to_string(), d.to_string()]);
+    }
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_portier"))
+        .args(&args)
+        .output()
+        .expect("run portier explain");
+    assert!(
+        out.status.success(),
+        "{method} {path}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("json")
 }
 
 /// Finding 2: `/_next/{rest..}` also covered `/_next/data/<build>/<page>.json`, the data of a
