@@ -155,7 +155,7 @@ pub async fn explain_request<F: Fn(&str) -> Credentials>(
             return Ok(report);
         }
         Err(early) => {
-            report.canonical_path = canonicalize(&raw_path).ok();
+            report.canonical_path = early.canonical;
             report.steps = steps;
             report.status = early.reason.status();
             report.reason = Some(early.reason.code());
@@ -183,12 +183,7 @@ pub async fn explain_request<F: Fn(&str) -> Credentials>(
         Authn::SignedOut { .. } => None,
     };
     let navigation = routed.m.route.is_page() && pages::is_navigation(&req.method, &req.headers);
-    let settings = verifier.settings();
-    let instance = pages::Instance::new(
-        settings.cookie_suffix.as_deref(),
-        pages_config,
-        &settings.issuer,
-    );
+    let instance = pages::Instance::of(verifier.settings(), pages_config);
     let route_def = routed.m.route;
     let facts = RequestFacts {
         method,
@@ -207,7 +202,7 @@ pub async fn explain_request<F: Fn(&str) -> Credentials>(
             })
             .flatten(),
     };
-    let mut decision = evaluate(&routed.m, &routed.decided, &facts, &authn, &mut steps);
+    let mut decision = evaluate(&routed.m, routed.decided(), &facts, &authn, &mut steps);
     if let Decision::Allow {
         signed_out_page, ..
     } = decision
@@ -239,7 +234,7 @@ pub async fn explain_request<F: Fn(&str) -> Credentials>(
         .map(|(n, &(s, e))| {
             (
                 n.clone(),
-                routed.decided.get(s..e).unwrap_or("").to_string(),
+                routed.decided().get(s..e).unwrap_or("").to_string(),
             )
         })
         .collect();

@@ -7,6 +7,7 @@ pub mod admin;
 pub mod admission;
 pub mod assertion;
 pub mod auth;
+pub mod clock;
 pub mod config;
 pub mod decision_log;
 pub mod dev;

@@ -51,9 +51,9 @@ fn admit(raw: &str) {
                 assert_eq!(r.canonical, c, "{raw:?}");
                 // Routed by the canonical path (or the page a data request names).
                 assert!(
-                    r.decided == c || c.starts_with("/_next/data/"),
+                    r.decided() == c || c.starts_with("/_next/data/"),
                     "{raw:?} routed as {:?}",
-                    r.decided
+                    r.decided()
                 );
             }
         }

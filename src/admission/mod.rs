@@ -21,11 +21,13 @@ use crate::config::Cidr;
 use crate::error::Reason;
 use crate::policy::{Authn, PolicySet, Route, RouteKind, RouteMatch, Step, Trace};
 
-/// A refusal decided before authentication; `allow` is the `Allow` header of a 405.
+/// A refusal decided before authentication; `allow` is the `Allow` header of a 405, and
+/// `canonical` the canonical path when it was reached (what the decision log records).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Early {
     pub reason: Reason,
     pub allow: Option<String>,
+    pub canonical: Option<String>,
 }
 
 impl From<Reason> for Early {
@@ -33,6 +35,17 @@ impl From<Reason> for Early {
         Early {
             reason,
             allow: None,
+            canonical: None,
+        }
+    }
+}
+
+impl Early {
+    fn at(reason: Reason, canonical: String) -> Early {
+        Early {
+            reason,
+            allow: None,
+            canonical: Some(canonical),
         }
     }
 }
@@ -49,12 +62,18 @@ pub enum Front<'p> {
 pub struct Routed<'p> {
     /// The canonical path: what is matched, logged and forwarded.
     pub canonical: String,
-    /// The path the route was looked up with: the page a Pages Router data request belongs
-    /// to, otherwise the canonical path.
-    pub decided: String,
+    /// The page a Pages Router data request belongs to: its route decides.
+    pub page: Option<String>,
     pub m: RouteMatch<'p>,
     /// The body limit of the route.
     pub body_limit: u64,
+}
+
+impl Routed<'_> {
+    /// The path the route was looked up with: the data request's page, else the canonical path.
+    pub fn decided(&self) -> &str {
+        self.page.as_deref().unwrap_or(&self.canonical)
+    }
 }
 
 /// The settings [`front`] decides with.
@@ -115,17 +134,20 @@ pub fn front<'p>(
                     Some(Reason::NoRoute),
                 )
             });
-            return Err(Reason::NoRoute.into());
+            return Err(Early::at(Reason::NoRoute, canonical));
         }
     };
-    let decided = data_page.clone().unwrap_or_else(|| canonical.clone());
-    let m = match cfg.policies.lookup(method, &decided) {
+    let decided = data_page.as_deref().unwrap_or(&canonical);
+    let m = match cfg.policies.lookup(method, decided) {
         Ok(m) => m,
         Err(reason) => {
             trace.step(|| Step::new(format!("route for {method} {decided}"), false, Some(reason)));
             let allow = (reason == Reason::MethodNotAllowed)
-                .then(|| cfg.policies.allowed_methods(&decided).join(", "));
-            return Err(Early { reason, allow });
+                .then(|| cfg.policies.allowed_methods(decided).join(", "));
+            return Err(Early {
+                allow,
+                ..Early::at(reason, canonical)
+            });
         }
     };
     if let Some(page) = &data_page {
@@ -138,7 +160,7 @@ pub fn front<'p>(
             )
         });
         if !is_page {
-            return Err(Reason::NoRoute.into());
+            return Err(Early::at(Reason::NoRoute, canonical));
         }
     }
     let route = m.route;
@@ -166,13 +188,13 @@ pub fn front<'p>(
                 )
             });
             if !fits {
-                return Err(Reason::BodyTooLarge.into());
+                return Err(Early::at(Reason::BodyTooLarge, canonical));
             }
         }
     }
     Ok(Front::Routed(Routed {
         canonical,
-        decided,
+        page: data_page,
         m,
         body_limit: limit,
     }))

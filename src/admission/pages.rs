@@ -85,6 +85,11 @@ pub struct Instance<'a> {
 }
 
 impl<'a> Instance<'a> {
+    /// The instance Portier verifies tokens of: the verifier's cookie suffix and issuer.
+    pub fn of(settings: &'a crate::auth::VerifierSettings, pages: &'a PagesConfig) -> Self {
+        Self::new(settings.cookie_suffix.as_deref(), pages, &settings.issuer)
+    }
+
     /// From the configuration: the cookie suffix of the verifier and `[pages]`' instance,
     /// falling back to the issuer's host for the Frontend API.
     pub fn new(cookie_suffix: Option<&'a str>, pages: &'a PagesConfig, issuer: &'a str) -> Self {

@@ -69,22 +69,6 @@ impl S3Request {
     }
 }
 
-fn decode(s: &str) -> Option<String> {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' {
-            out.push(crate::path::hex(*b.get(i + 1)?)? * 16 + crate::path::hex(*b.get(i + 2)?)?);
-            i += 3;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).ok()
-}
-
 /// The query's decoded parameters: one decoding shared with the signature check, and no
 /// name given twice (which value counts would otherwise depend on who reads it).
 fn params(raw: Option<&str>) -> Result<Vec<(String, String)>, S3Error> {
@@ -140,7 +124,7 @@ fn get<'a>(params: &'a [(String, String)], name: &str) -> Option<&'a str> {
 
 /// The key of `/<bucket>/<key>`, decoded and canonical.
 fn canonical(raw: &str) -> Result<String, S3Error> {
-    let decoded = decode(raw).ok_or(S3Error::INVALID_KEY)?;
+    let decoded = query::decode(raw).map_err(|_| S3Error::INVALID_KEY)?;
     // The front door's key rules, on the decoded key; the canonical key must be the one asked.
     let k = crate::s3::canonical_key(&crate::s3::encode_key_for_path(&decoded))
         .map_err(|_| S3Error::INVALID_KEY)?;
@@ -276,7 +260,7 @@ fn copy_source(headers: &HeaderMap, bucket: &str) -> Result<String, S3Error> {
     }
     let v = v.strip_prefix('/').unwrap_or(v);
     let (b, k) = v.split_once('/').ok_or(S3Error::INVALID_KEY)?;
-    if decode(b).as_deref() != Some(bucket) {
+    if query::decode(b).ok().as_deref() != Some(bucket) {
         return Err(S3Error::ACCESS_DENIED);
     }
     canonical(k)

@@ -31,7 +31,8 @@ pub fn is_presign(name: &str) -> bool {
     PRESIGN.contains(&name)
 }
 
-fn decode(s: &str) -> Result<String, QueryError> {
+/// Percent-decodes `s` (every `%XX`, nothing else: `+` is a literal) into UTF-8.
+pub fn decode(s: &str) -> Result<String, QueryError> {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;

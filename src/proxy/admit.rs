@@ -18,7 +18,6 @@ use crate::admission::{
 use crate::auth::verify::unix_now;
 use crate::error::Reason;
 use crate::guards::webhook::{self, WebhookHeaders};
-use crate::path::canonicalize;
 use crate::policy::{
     evaluate, object_key, Authn, ContentType, Decision, FileApi, NoTrace, ObjectRoute,
     RequestFacts, Route, RouteKind, MAX_WEBHOOK_BODY,
@@ -118,9 +117,7 @@ impl Portier {
                 }));
             }
             Err(early) => {
-                if early.reason != Reason::HeadersTooLarge && early.reason != Reason::BadPath {
-                    ctx.path = canonicalize(req.uri.path()).ok();
-                }
+                ctx.path = early.canonical;
                 let mut refusal = Refusal::from(early.reason);
                 if let Some(allow) = early.allow {
                     refusal.headers.push(("allow", allow));
@@ -130,10 +127,11 @@ impl Portier {
         };
         let Routed {
             canonical,
-            decided: decided_path,
+            page,
             m,
             body_limit: limit,
         } = routed;
+        let decided_path = page.as_deref().unwrap_or(&canonical);
         ctx.path = Some(canonical.clone());
         let method = req.method.as_str();
         ctx.route = Some(m.index);
@@ -149,24 +147,20 @@ impl Portier {
         };
         // Only a page route's refusals and pass-throughs care whether a person navigates.
         let navigation = route.is_page() && pages::is_navigation(&req.method, &req.headers);
-        let handshake = if route.is_page() {
-            let settings = live.verifier.settings();
-            let instance = pages::Instance::new(
-                settings.cookie_suffix.as_deref(),
-                &cfg.pages,
-                &settings.issuer,
-            );
-            pages::clerk_would_handshake(
-                &req.method,
-                &req.headers,
-                req.uri.query(),
-                &instance,
-                &authn,
-                unix_now(),
-            )
-        } else {
-            None
-        };
+        let handshake = route
+            .is_page()
+            .then(|| {
+                let instance = pages::Instance::of(live.verifier.settings(), &cfg.pages);
+                pages::clerk_would_handshake(
+                    &req.method,
+                    &req.headers,
+                    req.uri.query(),
+                    &instance,
+                    &authn,
+                    unix_now(),
+                )
+            })
+            .flatten();
         // `redirect_url` goes back to the canonical path: the raw one may say `//evil.com`.
         let back = || pages::back_target(&canonical, req.uri.query());
         let facts = RequestFacts {
@@ -174,7 +168,7 @@ impl Portier {
             navigation,
             handshake,
         };
-        match evaluate(&m, &decided_path, &facts, &authn, &mut NoTrace) {
+        match evaluate(&m, decided_path, &facts, &authn, &mut NoTrace) {
             Decision::Deny(reason) => {
                 if let Authn::SignedIn(id) = authn {
                     ctx.identity = Some(id);
@@ -202,7 +196,7 @@ impl Portier {
                         route: m.index,
                         reason,
                         navigation,
-                        path: decided_path.clone(),
+                        path: decided_path.to_owned(),
                         target: back(),
                     }));
                 }
